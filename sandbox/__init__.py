@@ -1,0 +1,1 @@
+"""Sandbox for algorithm marketplaces."""

@@ -1,0 +1,147 @@
+"""The `sandbox` command: parses arguments, calls the pipeline, prints. Nothing else.
+
+Exit codes come from the error catalog (sandbox.errors); `--json` prints one JSON
+document on stdout and keeps progress off it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import JobRejected, SandboxError, classify
+
+
+def _progress(enabled: bool) -> Callable[[str, str], None]:
+    start = time.monotonic()
+
+    def show(step: str, message: str) -> None:
+        if enabled:
+            sys.stderr.write(f"[{time.monotonic() - start:6.1f}s] {step}: {message}\n")
+            sys.stderr.flush()
+
+    return show
+
+
+def _run_job(
+    algorithm: Path, dataset: Path, policy_name: str, out: Path, holdout: Path | None, show: bool
+) -> dict[str, Any]:
+    from sandbox.pipeline.local import run_with_docker
+    from sandbox.policy.load import load_policy
+
+    policy = load_policy(policy_name)
+    report = run_with_docker(
+        algorithm, dataset, policy, out, holdout=holdout, progress=_progress(show)
+    )
+    return json.loads(report.to_json())  # type: ignore[no-any-return]
+
+
+def _summary(report: dict[str, Any], out: Path) -> str:
+    lines = [f"decision: {report['decision']}"]
+    lines += [f"  - {reason}" for reason in report["reasons"]]
+    if report.get("utility"):
+        lines.append(f"holdout accuracy: {report['utility']['released_accuracy']:.4f}")
+    if report.get("model"):
+        lines.append(f"model: {out / 'model.safetensors'} sha256 {report['model']['sha256']}")
+    lines.append(f"report: {out / 'report.json'} (container logs: {out / 'owner' / 'logs.txt'})")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    report = _run_job(
+        args.algorithm, args.dataset, args.policy, args.out, args.holdout, _tty() and not args.json
+    )
+    print(json.dumps(report, indent=2) if args.json else _summary(report, args.out))
+    if report["decision"] == "rejected":
+        return JobRejected.exit_code
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
+
+    with tempfile.TemporaryDirectory(prefix="sandbox-demo-") as tmp:
+        dataset = write_digits(Path(tmp) / "digits.npz")
+        out = args.out or Path(tmp) / "out"
+        report = _run_job(EXAMPLE_ALGORITHM, dataset, args.policy, out, None, not args.json)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(_summary(report, out))
+    return 0 if report["decision"] != "rejected" else JobRejected.exit_code
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from sandbox.policy.load import available_policies, load_policy, policy_hash
+
+    if args.policy_command == "list":
+        names = available_policies()
+        print(json.dumps(names) if args.json else "\n".join(names))
+        return 0
+    policy = load_policy(args.name)
+    if args.policy_command == "validate":
+        result = {"valid": True, "name": policy.name, "sha256": policy_hash(policy)}
+        print(json.dumps(result) if args.json else f"{args.name}: valid (policy {policy.name})")
+        return 0
+    print(json.dumps(policy.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (no server)")
+    run.add_argument("algorithm", type=Path, help="algorithm package: directory or .tar.gz")
+    run.add_argument("dataset", type=Path, help="dataset .npz holding x (float32) and y (int64)")
+    run.add_argument("--policy", default="default", help="policy name or YAML file")
+    run.add_argument("--out", type=Path, required=True, help="new directory for the results")
+    run.add_argument("--holdout", type=Path, help="private holdout .npz instead of a split")
+    run.add_argument("--json", action="store_true", help="print report.json on stdout")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="end-to-end demo on scikit-learn's digits")
+    demo.add_argument("--policy", default="default")
+    demo.add_argument("--out", type=Path, help="keep the results here (default: temporary)")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    pol = sub.add_parser("policy", help="list, show or validate policies")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    pol_sub.add_parser("list", help="names of the available policies").add_argument(
+        "--json", action="store_true"
+    )
+    show = pol_sub.add_parser("show", help="print the effective policy")
+    show.add_argument("name")
+    validate = pol_sub.add_parser("validate", help="check a policy file; lists every problem")
+    validate.add_argument("name", help="policy name or YAML file")
+    validate.add_argument("--json", action="store_true")
+    pol.set_defaults(func=cmd_policy, json=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SandboxError as error:
+        sys.stderr.write(f"sandbox: {error.message}\n")
+        return classify(error).exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("sandbox: interrupted; containers and temporary files were removed\n")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

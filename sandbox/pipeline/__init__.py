@@ -1,0 +1,1 @@
+"""The pipeline's input handling: the data owner's dataset and the provider's package."""

@@ -1,0 +1,1 @@
+"""Policies: the typed model and its loading."""

@@ -1,0 +1,28 @@
+"""Suite-wide rules: in CI, a Docker test may never be skipped."""
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[_DOCKER_COUNT] = sum(1 for item in items if item.get_closest_marker("docker"))
+
+
+_DOCKER_COUNT = pytest.StashKey[int]()
+_SKIPPED_DOCKER = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("docker"):
+        item.config.stash.setdefault(_SKIPPED_DOCKER, []).append(item.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    skipped = session.config.stash.get(_SKIPPED_DOCKER, [])
+    if os.environ.get("CI") == "true" and skipped:
+        session.exitstatus = 1
+        print(f"\nCI=true but {len(skipped)} Docker test(s) were skipped: CI always has an engine")

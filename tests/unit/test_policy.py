@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import InvalidInput, NotFound
+from sandbox.policy.load import available_policies, load_policy, parse_policy, policy_hash
+
+
+def test_shipped_policies_load() -> None:
+    assert {"default", "strict", "gpu"} <= set(available_policies())
+    assert load_policy("default").runtime == "runc"
+    assert load_policy("strict").runtime == "runsc"
+    assert load_policy("gpu").gpu is True
+
+
+def test_every_problem_is_listed_with_field_value_and_allowed() -> None:
+    text = "name: x\nruntime: kata\nlimits: {cpus: -1, memroy_mb: 5}\ngate: {nonfinite: ignore}\n"
+    with pytest.raises(InvalidInput) as caught:
+        parse_policy(text, "p.yaml")
+    message = caught.value.message
+    assert "4 problem(s)" in message
+    assert "runtime: 'kata' is not allowed; allowed values: 'runc' or 'runsc'" in message
+    assert "limits.cpus: -1 is invalid" in message
+    assert "limits.memroy_mb: unknown field" in message
+    assert "gate.nonfinite: 'ignore' is not allowed" in message
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "name: [unclosed\n", "name: 'Bad Name'\n"])
+def test_malformed_files_are_invalid_input(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_policy(text)
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(NotFound, match="available: .*default"):
+        load_policy("nope")
+
+
+def test_path_and_hash(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nruntime: runsc\n")
+    policy = load_policy(str(path))
+    assert policy.runtime == "runsc"
+    assert policy_hash(policy) != policy_hash(load_policy("strict"))
+    assert len(policy_hash(policy)) == 64
