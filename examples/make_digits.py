@@ -15,30 +15,18 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
 
-
-def make(name: str) -> tuple[np.ndarray, np.ndarray]:
-    if name == "digits":
-        bunch = load_digits()
-        x = bunch.data.astype(np.float32)  # [n, 64]
-    elif name == "breast_cancer":
-        bunch = load_breast_cancer()
-        data = bunch.data.astype(np.float64)
-        x = ((data - data.mean(axis=0)) / data.std(axis=0)).astype(np.float32)
-    else:  # pragma: no cover - argparse restricts the choices
-        raise ValueError(name)
-    return np.ascontiguousarray(x), bunch.target.astype(np.int64)
+from sandbox.demo import SAMPLE_DATASETS, write_sample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the .npz file to write")
-    parser.add_argument("--dataset", choices=["digits", "breast_cancer"], default="digits")
+    parser.add_argument("--dataset", choices=SAMPLE_DATASETS, default="digits")
     args = parser.parse_args()
-    x, y = make(args.dataset)
-    with open(args.out, "wb") as f:  # a file object: np.savez must not append ".npz"
-        np.savez(f, x=x, y=y)
+    write_sample(args.out, args.dataset)
+    with np.load(args.out) as data:
+        x, y = data["x"], data["y"]
     print(f"wrote {args.out}: x {x.dtype} {list(x.shape)}, y {y.dtype} {list(y.shape)}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -66,14 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
 
-    with tempfile.TemporaryDirectory(prefix="sandbox-demo-") as tmp:
+    out = args.out or Path(tempfile.mkdtemp(prefix="sandbox-demo-")) / "out"
+    with tempfile.TemporaryDirectory(prefix="sandbox-demo-data-") as tmp:
         dataset = write_digits(Path(tmp) / "digits.npz")
-        out = args.out or Path(tmp) / "out"
         report = _run_job(EXAMPLE_ALGORITHM, dataset, args.policy, out, None, not args.json)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            print(_summary(report, out))
+    print(json.dumps(report, indent=2) if args.json else _summary(report, out))
     return 0 if report["decision"] != "rejected" else JobRejected.exit_code
 
 
@@ -130,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds `finally` blocks: containers and tmpfs are removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         code: int = args.func(args)
     except SandboxError as error:
