@@ -82,7 +82,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
         names = available_policies()
         print(json.dumps(names) if args.json else "\n".join(names))
         return 0
-    policy = load_policy(args.name)
+    try:
+        policy = load_policy(args.name)
+    except SandboxError as error:
+        if args.policy_command != "validate" or not args.json:
+            raise
+        problems = getattr(error, "problems", [error.message])
+        print(json.dumps({"valid": False, "problems": problems}))
+        return classify(error).exit_code
     if args.policy_command == "validate":
         result = {"valid": True, "name": policy.name, "sha256": policy_hash(policy)}
         print(json.dumps(result) if args.json else f"{args.name}: valid (policy {policy.name})")

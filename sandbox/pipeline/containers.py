@@ -31,14 +31,27 @@ def resources(policy: Policy) -> Resources:
     )
 
 
-def guest_env(policy: Policy, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The complete environment of a guest: nothing from the host leaks in."""
+_PATH_VARIABLES = {
+    "/algorithm": "SANDBOX_ALGORITHM",
+    "/data": "SANDBOX_DATA",
+    "/output": "SANDBOX_OUTPUT",
+    "/work": "SANDBOX_WORK",
+}
+
+
+def guest_env(
+    policy: Policy,
+    extra: Mapping[str, str] | None = None,
+    mounted: Sequence[str] = tuple(_PATH_VARIABLES),
+) -> dict[str, str]:
+    """The complete environment of a guest: nothing from the host leaks in.
+
+    A SANDBOX_* path variable is set only when that path is mounted, so the
+    export container (no dataset) has no SANDBOX_DATA to mislead anyone.
+    """
     threads = str(max(1, int(policy.limits.cpus)))
-    env = {
-        "SANDBOX_ALGORITHM": "/algorithm",
-        "SANDBOX_DATA": "/data",
-        "SANDBOX_OUTPUT": "/output",
-        "SANDBOX_WORK": "/work",
+    env = {var: target for target, var in _PATH_VARIABLES.items() if target in mounted}
+    env |= {
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
         "HOME": "/tmp",
@@ -69,7 +82,7 @@ def guest_spec(
         resources=resources(policy),
         runtime=policy.runtime,
         mounts=tuple(mounts),
-        env=guest_env(policy, {**(env or {}), **_gpu_env(gpu_device)}),
+        env=guest_env(policy, {**(env or {}), **_gpu_env(gpu_device)}, [m.target for m in mounts]),
         gpu_device=gpu_device,
     )
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.errors import FailedPrecondition, InvalidInput
+from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
 from sandbox.gate import GateViolation, TensorSpec, gate_output
 from sandbox.pipeline import containers
 from sandbox.pipeline.algorithm import AlgorithmPackage, unpack_algorithm
@@ -259,10 +259,21 @@ def _write_owner_logs(ctx: JobContext, out_dir: Path) -> None:
     write_atomic(owner / "logs.txt", text, mode=0o600)
 
 
+def _stop_reason(stopped: BaseException) -> str:
+    if isinstance(stopped, KeyboardInterrupt | SystemExit):
+        return "the job was interrupted before a decision; nothing was released"
+    return "the job stopped on an internal error before a decision; nothing was released"
+
+
 def prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInput(f"--out {out_dir} exists and is not a directory; choose a new directory")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidInput(f"--out {out_dir} is not empty; choose a new directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInput(f"--out {out_dir} cannot be created: {error.strerror}") from error
 
 
 def run_local(
@@ -296,7 +307,7 @@ def run_local(
             try:
                 with ctx.timed("prepare", "checking the dataset and the algorithm package"):
                     package, train, test = _prepare(ctx, algorithm, dataset, holdout)
-            except InvalidInput as bad_input:
+            except SandboxError as bad_input:
                 report.reasons.append(bad_input.message)
                 raise
             try:
@@ -323,6 +334,10 @@ def run_local(
                     report.gate = {"verdict": "fail", "reason": failure.message}
             if report.decision == "released":
                 report.reasons.append("the model passed the egress gate and was released")
+        except BaseException as stopped:
+            if not report.reasons:
+                report.reasons.append(_stop_reason(stopped))
+            raise
         finally:
             runner.remove_job(job_id)
             _write_owner_logs(ctx, out_dir)

@@ -21,6 +21,16 @@ from sandbox.policy.model import Policy
 MAX_POLICY_BYTES = 256 * 1024
 
 
+class PolicyInvalid(InvalidInput):
+    """A policy file breaks the model; `problems` lists every violation."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(
+            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+        self.problems = problems
+
+
 def policy_dirs() -> list[Path]:
     dirs = []
     if env := os.environ.get("SANDBOX_POLICY_DIR"):
@@ -77,9 +87,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         return Policy.model_validate(data)
     except ValidationError as error:
         problems = [_describe(e) for e in error.errors(include_url=False)]  # type: ignore[arg-type]
-        raise InvalidInput(
-            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
-        ) from None
+        raise PolicyInvalid(source, problems) from None
 
 
 def load_policy(name_or_path: str) -> Policy:

@@ -117,3 +117,17 @@ def test_guest_env_is_explicit_and_host_free(monkeypatch: pytest.MonkeyPatch) ->
         "HOME",
         "TMPDIR",
     }
+
+
+def test_path_variables_only_for_mounted_paths() -> None:
+    built = containers.guest_spec(
+        load_policy("default"),
+        job_id="j",
+        step="export",
+        image="i",
+        module="export",
+        mounts=[BindMount(Path("/a"), "/algorithm"), BindMount(Path("/o"), "/output", False)],
+    )
+    assert "SANDBOX_DATA" not in built.env
+    assert built.env["SANDBOX_ALGORITHM"] == "/algorithm"
+    assert built.env["SANDBOX_OUTPUT"] == "/output"

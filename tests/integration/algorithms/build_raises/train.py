@@ -1,0 +1,1 @@
+raise SystemExit("train.py must never run when build_model fails")
