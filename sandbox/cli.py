@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import JobRejected, SandboxError, classify
+from sandbox.errors import JobRejected, SandboxError, VerificationFailed, classify
 
 
 def _progress(enabled: bool) -> Callable[[str, str], None]:
@@ -98,6 +98,36 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from sandbox.audit import default_public_key, load_public_key, read_envelope, verify_attestation
+
+    key = load_public_key(args.key) if args.key else default_public_key()
+    expected_policy = None
+    if args.policy:
+        from sandbox.policy.load import load_policy, policy_hash
+
+        expected_policy = policy_hash(load_policy(args.policy))
+    check = verify_attestation(read_envelope(args.attestation), key, args.model, expected_policy)
+    print(json.dumps(check.to_dict(), indent=2) if args.json else check.summary())
+    return 0 if check.ok else VerificationFailed.exit_code
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sandbox.audit import LogHead, load_public_key, verify_log
+
+    anchor = LogHead.parse(args.anchor) if args.anchor else None
+    result = verify_log(args.log, load_public_key(args.key), anchor=anchor)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    return 0 if result.ok else VerificationFailed.exit_code
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from sandbox.audit import default_public_key, public_key_pem
+
+    sys.stdout.write(public_key_pem(default_public_key()).decode())
+    return 0
+
+
 def _tty() -> bool:
     return sys.stderr.isatty()
 
@@ -132,6 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("name", help="policy name or YAML file")
     validate.add_argument("--json", action="store_true")
     pol.set_defaults(func=cmd_policy, json=False)
+
+    ver = sub.add_parser("verify", help="check a release attestation: signature, model, policy")
+    ver.add_argument("attestation", type=Path, help="attestation.json (a DSSE envelope)")
+    ver.add_argument(
+        "--model", type=Path, help="the model file; its sha256 must be the attested one"
+    )
+    ver.add_argument("--key", type=Path, help="the platform's public key (PEM); default: local key")
+    ver.add_argument("--policy", help="policy name or YAML file the release must have used")
+    ver.add_argument("--json", action="store_true", help="print the findings as JSON")
+    ver.set_defaults(func=cmd_verify)
+
+    key = sub.add_parser("key", help="the platform's signing key")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    key_sub.add_parser("public", help="print the public key (PEM) that verifies attestations")
+    key.set_defaults(func=cmd_key)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_sub.add_parser("verify", help="check a log's hash chain and signatures")
+    audit_verify.add_argument("log", type=Path, help="the audit log (JSON Lines)")
+    audit_verify.add_argument("--key", type=Path, required=True, help="public key (PEM)")
+    audit_verify.add_argument(
+        "--anchor", help="SEQ:HASH of an entry the log must still hold (e.g. from an attestation)"
+    )
+    audit_verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_verify.set_defaults(func=cmd_audit)
     return parser
 
 

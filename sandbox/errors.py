@@ -63,6 +63,13 @@ class EngineUnavailable(FailedPrecondition):
     """The container engine cannot be reached or lacks what the policy needs."""
 
 
+class VerificationFailed(SandboxError):
+    """An attestation or audit log did not verify (tampered, wrong key, wrong model)."""
+
+    grpc_code = "FAILED_PRECONDITION"
+    exit_code = 7
+
+
 class JobRejected(SandboxError):
     """The job ran to a decision of `rejected`; not a malfunction."""
 

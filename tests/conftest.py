@@ -1,8 +1,15 @@
 """Suite-wide rules: in CI, a Docker test may never be skipped."""
 
 import os
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The platform's signing key and audit log live in $SANDBOX_HOME: never let a
+    # test run touch an operator's real ones.
+    os.environ["SANDBOX_HOME"] = tempfile.mkdtemp(prefix="sandbox-test-home-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,6 +8,7 @@ as `rejected` with a reason; bad inputs are refused before any container starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sandbox.audit import (
+    AuditLog,
+    attest_report,
+    default_log_path,
+    load_or_create_signing_key,
+    sha256_file,
+    utc_now,
+)
 from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
 from sandbox.gate import GateViolation, TensorSpec, gate_output
 from sandbox.pipeline import containers
@@ -259,6 +270,58 @@ def _write_owner_logs(ctx: JobContext, out_dir: Path) -> None:
     write_atomic(owner / "logs.txt", text, mode=0o600)
 
 
+def _record_outcome(
+    report: Report,
+    out_dir: Path,
+    dataset: Path,
+    submitted: str,
+    signing_key: Ed25519PrivateKey,
+    audit: AuditLog,
+) -> None:
+    """Step 7: audit the decision; for a release, write the signed attestation.
+
+    attestation.json is for everyone who may verify the release; the dataset
+    commitment's opening (salt and the dataset's sha256) goes to owner/ only.
+    """
+    subject = {"job": report.job_id}
+    try:
+        audit.append(
+            "decision",
+            actor="orchestrator",
+            subject=subject,
+            data={
+                "decision": report.decision,
+                "reasons": [reason[:500] for reason in report.reasons[:20]],
+                "algorithm_sha256": report.algorithm.get("sha256"),
+                "model_sha256": (report.model or {}).get("sha256"),
+            },
+        )
+        if report.decision == "rejected":
+            return
+        audit.checkpoint()  # the head the attestation records is a signed one
+        envelope, commitment = attest_report(
+            json.loads(report.to_json()),
+            out_dir / "model.safetensors",
+            signing_key,
+            dataset_sha256=sha256_file(dataset),
+            submitted=submitted,
+            released=utc_now(),
+            audit_head=audit.head(),
+        )
+        attestation = json.dumps(envelope, indent=2).encode()
+        write_atomic(out_dir / "attestation.json", attestation)
+        opening = json.dumps(commitment.opening(), indent=2).encode()
+        write_atomic(out_dir / "owner" / "dataset-opening.json", opening, mode=0o600)
+        audit.append(
+            "release",
+            actor="orchestrator",
+            subject=subject,
+            data={"attestation_sha256": hashlib.sha256(attestation).hexdigest()},
+        )
+    finally:
+        audit.close()
+
+
 def _stop_reason(stopped: BaseException) -> str:
     if isinstance(stopped, KeyboardInterrupt | SystemExit):
         return "the job was interrupted before a decision; nothing was released"
@@ -289,17 +352,29 @@ def run_local(
     progress: Progress | None = None,
     gpu_device: str | None = None,
     job_id: str | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+    audit_path: Path | None = None,
 ) -> Report:
-    """Run one job end to end; write the released model (if any), report.json and logs."""
+    """Run one job end to end; write the released model (if any), report.json, logs,
+    and for a release a signed attestation; every decision goes to the audit log."""
     if policy.gpu and gpu_device is None:
         raise FailedPrecondition(f"policy {policy.name} grants a GPU but none was assigned")
     prepare_out_dir(out_dir)
+    signing_key = signing_key or load_or_create_signing_key()  # fail before any container
+    audit = AuditLog(audit_path or default_log_path(), signing_key)
+    submitted = utc_now()
     root = work_root or default_root()
     for stale in sweep_stale(root):
         runner.remove_job(stale)
     job_id = job_id or uuid.uuid4().hex
     report = Report(job_id=job_id, policy={"name": policy.name, "sha256": policy_hash(policy)})
     say = progress or (lambda step, message: None)
+    audit.append(
+        "job_step",
+        actor="orchestrator",
+        subject={"job": job_id},
+        data={"step": "submitted", "policy": dict(report.policy)},
+    )
     with JobWorkspace(root, job_id) as workspace:
         ctx = JobContext(job_id, policy, runner, image, workspace, report, say)
         ctx.gpu_device = gpu_device
@@ -342,6 +417,7 @@ def run_local(
             runner.remove_job(job_id)
             _write_owner_logs(ctx, out_dir)
             write_atomic(out_dir / "report.json", report.to_json().encode())
+            _record_outcome(report, out_dir, dataset, submitted, signing_key, audit)
     say("done", f"decision: {report.decision}")
     return report
 

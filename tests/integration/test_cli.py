@@ -113,6 +113,49 @@ def test_run_json_prints_exactly_the_report(
     assert 0.90 <= report["utility"]["released_accuracy"] <= 1.00
     assert (out / "model.safetensors").is_file()
     assert_nothing_left(work_root, docker_client, report["job_id"])
+    check_attestation_and_audit(out, work_root, report)
+
+
+def check_attestation_and_audit(out: Path, work_root: Path, report: dict[str, Any]) -> None:
+    """The release is attested; `sandbox verify` accepts it and refuses any tampering."""
+    home = Path(os.environ["SANDBOX_HOME"])
+    exported = sandbox("key", "public", work_root=work_root)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    key = out.parent / "platform-key.pem"
+    key.write_text(exported.stdout)
+    model = out / "model.safetensors"
+    good = sandbox(
+        "verify",
+        out / "attestation.json",
+        "--model",
+        model,
+        "--key",
+        key,
+        "--policy",
+        "default",
+        "--json",
+        work_root=work_root,
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert single_json(good.stdout)["ok"] is True
+    tampered = out / "tampered.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    bad = sandbox(
+        "verify", out / "attestation.json", "--model", tampered, "--key", key, work_root=work_root
+    )
+    assert bad.returncode == 7, bad.stdout + bad.stderr
+    assert "sha256" in bad.stdout.lower()
+    wrong_policy = sandbox(
+        "verify", out / "attestation.json", "--key", key, "--policy", "strict", work_root=work_root
+    )
+    assert wrong_policy.returncode == 7
+    log = home / "audit.jsonl"
+    audit = sandbox("audit", "verify", log, "--key", key, "--json", work_root=work_root)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert report["job_id"] in log.read_text()
 
 
 @pytest.mark.docker

@@ -6,6 +6,7 @@ from sandbox.errors import (
     JobRejected,
     LimitExceeded,
     SandboxError,
+    VerificationFailed,
     classify,
     public_message,
 )
@@ -18,6 +19,7 @@ from sandbox.errors import (
         (LimitExceeded("x"), "RESOURCE_EXHAUSTED", 3),
         (EngineUnavailable("x"), "FAILED_PRECONDITION", 5),
         (JobRejected("x"), "FAILED_PRECONDITION", 10),
+        (VerificationFailed("x"), "FAILED_PRECONDITION", 7),
         (RuntimeError("/secret/path line 3"), "INTERNAL", 1),
     ],
 )
