@@ -111,6 +111,17 @@ def job(
     yield made
     assert_nothing_left(docker_client, made, dataset_rows)
 
+# What a release writes: the model, the report, the attestation (for verifiers), and
+# for the owner only the container logs and the opening of the dataset commitment.
+RELEASED_LISTING = {
+    "model.safetensors",
+    "report.json",
+    "attestation.json",
+    "owner",
+    "owner/logs.txt",
+    "owner/dataset-opening.json",
+}
+
 
 def policy_with(name: str, **limits: int) -> Policy:
     base = load_policy(name)
@@ -292,7 +303,7 @@ def test_digits_end_to_end_released(
     assert "training on" not in report_text
     assert "epoch 1/30" not in report_text
     assert "=====" not in report_text
-    assert out_listing(job.out) == {"model.safetensors", "report.json", "owner", "owner/logs.txt"}
+    assert out_listing(job.out) == RELEASED_LISTING
 
 
 def test_separate_holdout_file(job: Job, digits: Path, runtime_image: str, tmp_path: Path) -> None:
@@ -343,7 +354,7 @@ def test_train_cannot_leave_data_elsewhere(job: Job, digits: Path, runtime_image
     assert "stash /tmp/stash.bin: written" in logs  # the attempt was real
     for read_only in ("/algorithm/stash.bin", "/data/stash.bin", "/output/../stash.bin"):
         assert f"stash {read_only}: refused errno 30" in logs  # EROFS
-    assert out_listing(job.out) == {"model.safetensors", "report.json", "owner", "owner/logs.txt"}
+    assert out_listing(job.out) == RELEASED_LISTING
     assert set(load_file(str(job.out / "model.safetensors"))) == {"fc.weight", "fc.bias"}
     marker = ("SANDBOX" + "-STASH-" + "5e1f0c").encode()
     carriers = [p for p in files_under(job.out.parent) if marker in p.read_bytes()]
