@@ -70,6 +70,25 @@ class VerificationFailed(SandboxError):
     exit_code = 7
 
 
+class AlreadyExists(SandboxError):
+    grpc_code = "ALREADY_EXISTS"
+    exit_code = 8
+
+
+class Conflict(SandboxError):
+    """Lost a race: the record changed state under us (compare-and-set failed)."""
+
+    grpc_code = "ABORTED"
+    exit_code = 9
+
+
+class DataLoss(SandboxError):
+    """Stored data failed authentication: tampered or corrupted at rest."""
+
+    grpc_code = "DATA_LOSS"
+    exit_code = 11
+
+
 class JobRejected(SandboxError):
     """The job ran to a decision of `rejected`; not a malfunction."""
 

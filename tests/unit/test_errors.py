@@ -1,6 +1,9 @@
 import pytest
 
 from sandbox.errors import (
+    AlreadyExists,
+    Conflict,
+    DataLoss,
     EngineUnavailable,
     InvalidInput,
     JobRejected,
@@ -20,6 +23,9 @@ from sandbox.errors import (
         (EngineUnavailable("x"), "FAILED_PRECONDITION", 5),
         (JobRejected("x"), "FAILED_PRECONDITION", 10),
         (VerificationFailed("x"), "FAILED_PRECONDITION", 7),
+        (AlreadyExists("x"), "ALREADY_EXISTS", 8),
+        (Conflict("x"), "ABORTED", 9),
+        (DataLoss("x"), "DATA_LOSS", 11),
         (RuntimeError("/secret/path line 3"), "INTERNAL", 1),
     ],
 )
