@@ -8,23 +8,17 @@ the host's loopback and on the Docker bridge.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sandbox.gate import GateViolation, TensorSpec, gate_output
-from sandbox.pipeline import containers
 from sandbox.policy.load import load_policy
 from sandbox.policy.model import Policy
-from sandbox.runner.base import BindMount, RunResult, run_container
+from sandbox.redteam import escapes
+from sandbox.redteam.escapes import AttackBox
 from sandbox.runner.docker_runner import RUNSC_THREAD_HEADROOM, DockerRunner
 from sandbox.runner.workspace import JobWorkspace
 
@@ -53,132 +47,26 @@ def workspace(tmp_path: Path) -> Iterator[JobWorkspace]:
         yield ws
 
 
-class Sandbox:
-    def __init__(self, runner: DockerRunner, image: str, policy: Policy, ws: JobWorkspace) -> None:
-        self.runner, self.image, self.policy, self.ws = runner, image, policy, ws
-        self.data = ws.tmpfs("data", 1)
-        np.savez(self.data / "train.npz", x=np.ones((4, 2), np.float32), y=np.arange(4))
-        self.algorithm = ws.tmpfs("algorithm", 1)
-        (self.algorithm / "train.py").write_text("print('hi')\n")
-        self.output = ws.output_dir("train", policy.limits.output_mb)
-
-    def run(self, script: str, policy: Policy | None = None) -> RunResult:
-        policy = policy or self.policy
-        spec = containers.guest_spec(
-            policy,
-            job_id=self.ws.job_id,
-            step="attack",
-            image=self.image,
-            module="train",
-            mounts=[
-                BindMount(self.algorithm, "/algorithm"),
-                BindMount(self.data, "/data"),
-                BindMount(self.output, "/output", read_only=False),
-            ],
-        )
-        spec = type(spec)(**{**spec.__dict__, "command": ("python", "-c", textwrap.dedent(script))})
-        result = run_container(self.runner, spec)
-        return result
-
-    def json(self, script: str) -> dict[str, object]:
-        result = self.run(script)
-        lines = result.logs.decode(errors="replace").strip().splitlines()
-        assert result.status.exit_code == 0, result.logs.decode(errors="replace")
-        return json.loads(lines[-1])  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 def box(
     runner: DockerRunner, runtime_image: str, policy: Policy, workspace: JobWorkspace
-) -> Sandbox:
-    return Sandbox(runner, runtime_image, policy, workspace)
+) -> AttackBox:
+    return AttackBox(runner, runtime_image, policy, workspace)
 
 
-def _bridge_ip() -> str | None:
-    out = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True
-    )
-    for word in out.stdout.split():
-        if "/" in word and word[0].isdigit():
-            return word.split("/")[0]
-    return None
-
-
-class Listener:
-    """A TCP listener on this machine that records whether anything connected."""
-
-    def __init__(self, host: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((host, 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.host, self.port = self.sock.getsockname()
-        self.accepted = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-                self.accepted += 1
-                conn.close()
-            except OSError:
-                continue
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        self.sock.close()
-
-
-def test_network_has_only_loopback_and_reaches_nothing(box: Sandbox) -> None:
-    targets = [Listener("127.0.0.1")]
-    bridge = _bridge_ip()
-    if bridge:
-        targets.append(Listener(bridge))
-    try:
-        addresses = [[t.host, t.port] for t in targets]
-        result = box.json(
-            f"""
-            import json, socket
-            out = {{"interfaces": sorted(n for _, n in socket.if_nameindex())}}
-            routes = open("/proc/net/route").read().strip().splitlines()[1:]
-            out["routes"] = len(routes)
-            out["connect"] = []
-            for host, port in {addresses!r}:
-                s = socket.socket(); s.settimeout(2)
-                try:
-                    s.connect((host, port)); out["connect"].append("connected")
-                except OSError as e:
-                    out["connect"].append(type(e).__name__)
-            for name, args in [("raw", (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)),
-                               ("packet", (socket.AF_PACKET, socket.SOCK_RAW, 0x0300))]:
-                try:
-                    socket.socket(*args); out[name] = "opened"
-                except OSError as e:
-                    out[name] = type(e).__name__
-            try:
-                socket.getaddrinfo("deb.debian.org", 80); out["dns"] = "resolved"
-            except OSError as e:
-                out["dns"] = type(e).__name__
-            print(json.dumps(out))
-            """
-        )
-    finally:
-        for target in targets:
-            target.close()
+def test_network_has_only_loopback_and_reaches_nothing(box: AttackBox) -> None:
+    result, targets = box.network()
     assert result["interfaces"] == ["lo"]
     assert result["routes"] == 0
-    assert "connected" not in result["connect"]  # type: ignore[operator]
+    assert len(result["connect"]) == len(targets) >= 1
+    assert "connected" not in result["connect"]
     assert all(t.accepted == 0 for t in targets)
     assert result["raw"] != "opened"
     assert result["packet"] != "opened"
     assert result["dns"] != "resolved"
 
 
-def test_no_docker_socket_and_no_host_secrets(box: Sandbox) -> None:
+def test_no_docker_socket_and_no_host_secrets(box: AttackBox) -> None:
     result = box.json(
         """
         import json, os
@@ -192,50 +80,16 @@ def test_no_docker_socket_and_no_host_secrets(box: Sandbox) -> None:
     assert not any(k.startswith(("AWS", "DOCKER", "SSH")) for k in result["env"])  # type: ignore[union-attr]
 
 
-def test_filesystem_is_read_only_except_tmp_and_output(box: Sandbox) -> None:
-    result = box.json(
-        """
-        import json
-        out = {}
-        for path in ["/etc/evil", "/usr/evil", "/evil", "/algorithm/evil", "/data/evil",
-                     "/data/train.npz", "/opt/trusted/sandbox/guest/train.py", "/tmp/ok", "/output/ok"]:
-            try:
-                with open(path, "ab") as f:
-                    f.write(b"x")
-                out[path] = "written"
-            except OSError as e:
-                out[path] = type(e).__name__
-        print(json.dumps(out))
-        """
-    )
+def test_filesystem_is_read_only_except_tmp_and_output(box: AttackBox) -> None:
+    result = box.json(escapes.FILESYSTEM_PROBE)
     assert result.pop("/tmp/ok") == "written"
     assert result.pop("/output/ok") == "written"
     assert all(v != "written" for v in result.values()), result
 
 
-def test_no_capabilities_and_setuid_does_not_raise_privileges(box: Sandbox) -> None:
-    result = box.json(
-        """
-        import json, os, subprocess
-        status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
-        out = {k: status.get(k, "").strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")}
-        out["uid"] = os.getuid(); out["euid"] = os.geteuid()
-        try:
-            os.setuid(0); out["setuid"] = "became root"
-        except OSError as e:
-            out["setuid"] = type(e).__name__
-        setuid_bins = [p for p in ("/bin/mount", "/usr/bin/mount", "/bin/su", "/usr/bin/su")
-                       if os.path.exists(p) and os.stat(p).st_mode & 0o4000]
-        out["setuid_bins"] = setuid_bins
-        runs = []
-        for binary in setuid_bins:
-            r = subprocess.run([binary, "-t", "tmpfs", "none", "/tmp"] if "mount" in binary
-                               else [binary, "-c", "id -u"], capture_output=True, text=True)
-            runs.append([binary, r.returncode, r.stdout.strip()])
-        out["runs"] = runs
-        print(json.dumps(out))
-        """
-    )
+def test_no_capabilities_and_setuid_does_not_raise_privileges(box: AttackBox) -> None:
+    result = box.json(escapes.PRIVILEGE_PROBE)
+    assert result["docker_socket"] == []
     for key in ("CapEff", "CapPrm", "CapBnd"):
         assert int(result[key], 16) == 0, (key, result[key])  # type: ignore[arg-type]
     assert result["uid"] == result["euid"] == 65534
@@ -250,21 +104,8 @@ def test_no_capabilities_and_setuid_does_not_raise_privileges(box: Sandbox) -> N
         assert result["Seccomp"] == "2"  # Docker's default filter is on
 
 
-def test_fork_bomb_hits_the_pids_limit(box: Sandbox) -> None:
-    result = box.run(
-        """
-        import os, time
-        count = 0
-        try:
-            while count < 10000:
-                if os.fork() == 0:
-                    time.sleep(30); os._exit(0)
-                count += 1
-                print("forked", count, flush=True)
-        except OSError as e:
-            print("stopped", count, type(e).__name__, flush=True)
-        """
-    )
+def test_fork_bomb_hits_the_pids_limit(box: AttackBox) -> None:
+    result = box.run(escapes.FORK_BOMB)
     logs = result.logs.decode()
     counts = [int(line.split()[1]) for line in logs.splitlines() if line.startswith("forked")]
     limit = box.policy.limits.pids
@@ -279,16 +120,8 @@ def test_fork_bomb_hits_the_pids_limit(box: Sandbox) -> None:
     assert result.status.duration_s < 50
 
 
-def test_memory_bomb_is_killed(box: Sandbox) -> None:
-    result = box.run(
-        """
-        chunks = []
-        for i in range(64):
-            chunks.append(bytearray(64 * 1024 * 1024))
-            print("allocated", (i + 1) * 64, "MB", flush=True)
-        print("survived")
-        """
-    )
+def test_memory_bomb_is_killed(box: AttackBox) -> None:
+    result = box.run(escapes.MEMORY_BOMB)
     logs = result.logs.decode()
     assert "survived" not in logs
     assert result.status.oom_killed or result.status.exit_code in (137, 1), result.status
@@ -296,25 +129,8 @@ def test_memory_bomb_is_killed(box: Sandbox) -> None:
     assert max(allocated, default=0) <= box.policy.limits.memory_mb
 
 
-def test_disk_fill_stops_at_the_tmpfs_caps(box: Sandbox) -> None:
-    result = box.json(
-        """
-        import json
-        out = {}
-        for path in ("/tmp/fill", "/output/fill", "/dev/shm/fill"):
-            written = 0
-            try:
-                with open(path, "wb") as f:
-                    while written < 512 * 1024 * 1024:
-                        f.write(b"\\0" * 1048576); f.flush(); written += 1048576
-            except OSError as e:
-                out[path] = [written, type(e).__name__]
-            else:
-                out[path] = [written, "no limit"]
-            import os; os.remove(path)
-        print(json.dumps(out))
-        """
-    )
+def test_disk_fill_stops_at_the_tmpfs_caps(box: AttackBox) -> None:
+    result = box.json(escapes.DISK_FILL)
     mb = 1024 * 1024
     assert result["/tmp/fill"][0] <= box.policy.limits.tmp_mb * mb  # type: ignore[index]
     assert result["/output/fill"][0] <= box.policy.limits.output_mb * mb  # type: ignore[index]
@@ -322,9 +138,9 @@ def test_disk_fill_stops_at_the_tmpfs_caps(box: Sandbox) -> None:
     assert all(v[1] != "no limit" for v in result.values())  # type: ignore[index]
 
 
-def test_endless_loop_is_killed_at_the_wall_clock_limit(box: Sandbox) -> None:
+def test_endless_loop_is_killed_at_the_wall_clock_limit(box: AttackBox) -> None:
     limits = box.policy.limits.model_copy(update={"wall_seconds": 5})
-    result = box.run("while True: pass", box.policy.model_copy(update={"limits": limits}))
+    result = box.run(escapes.ENDLESS_LOOP, box.policy.model_copy(update={"limits": limits}))
     assert result.status.timed_out
     assert result.status.exit_code is None
     assert 5 <= result.status.duration_s < 40
@@ -374,7 +190,7 @@ SMUGGLING = {
 
 @pytest.mark.parametrize("attack", sorted(SMUGGLING))
 def test_output_smuggling_is_rejected_by_the_gate(
-    box: Sandbox, attack: str, tmp_path: Path
+    box: AttackBox, attack: str, tmp_path: Path
 ) -> None:
     code, reason = SMUGGLING[attack]
     script = (
@@ -391,7 +207,7 @@ def test_output_smuggling_is_rejected_by_the_gate(
     assert not (tmp_path / "released.safetensors").exists()
 
 
-def test_honest_output_passes_the_gate(box: Sandbox, tmp_path: Path) -> None:
+def test_honest_output_passes_the_gate(box: AttackBox, tmp_path: Path) -> None:
     result = box.run(
         "import numpy as np\nfrom safetensors.numpy import save_file\n"
         "save_file({'w': np.ones((4, 4), np.float32), 'b': np.ones(4, np.float32)}, "
