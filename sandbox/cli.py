@@ -75,6 +75,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["decision"] != "rejected" else JobRejected.exit_code
 
 
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from sandbox.policy.load import load_policy
+    from sandbox.redteam.scorecard import run_scorecard
+    from sandbox.runner.backend import docker_backend
+
+    policy = load_policy(args.policy)
+    show = _tty() and not args.json
+    say = _progress(show)
+    runner, image = docker_backend(policy.runtime, log=lambda line: say("image", line))
+    card = run_scorecard(
+        policy, runner, image, budget=args.budget, progress=lambda m: say("scorecard", m)
+    )
+    print(json.dumps(card.to_dict(), indent=2) if args.json else card.table())
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from sandbox.policy.load import available_policies, load_policy, policy_hash
 
@@ -158,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show = pol_sub.add_parser("show", help="print the effective policy")
     show.add_argument("name")
+    test = pol_sub.add_parser("test", help="run the red-team scorecard against a policy")
+    test.add_argument("--policy", default="default", help="policy name or YAML file")
+    test.add_argument("--budget", choices=["small", "full"], default="small")
+    test.add_argument("--json", action="store_true")
+    test.set_defaults(func=cmd_policy_test)
     validate = pol_sub.add_parser("validate", help="check a policy file; lists every problem")
     validate.add_argument("name", help="policy name or YAML file")
     validate.add_argument("--json", action="store_true")

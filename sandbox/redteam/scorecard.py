@@ -1,0 +1,309 @@
+"""The red-team scorecard: every escape and smuggling attempt against one policy.
+
+Each entry names a channel, what the attempt did, its outcome and the evidence:
+
+- ``blocked``: the attempt failed (no connection, write refused, gate rejected it);
+- ``neutralized``: it ran but what it carried was destroyed or bounded;
+- ``detected``: a check flagged it and the model was not released as is;
+- ``leaked``: information left. A policy may leave a channel open on purpose (the
+  default policy does not hide timing); the scorecard says so instead of hiding it.
+
+Budget mode "small" lowers only the wall-clock limit of the endless-loop probe (to
+show the kill without waiting the policy's full limit); every other attempt runs
+under the policy's own settings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sandbox.gate import GateViolation, TensorSpec, gate_output
+from sandbox.policy.model import Policy
+from sandbox.redteam import escapes
+from sandbox.redteam.escapes import AttackBox
+from sandbox.runner.base import Runner
+from sandbox.runner.workspace import JobWorkspace
+
+Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
+Budget = Literal["small", "full"]
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    channel: str
+    attempt: str
+    outcome: Outcome
+    evidence: str
+
+
+@dataclass
+class Scorecard:
+    policy: str
+    results: list[Entry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "results": [asdict(entry) for entry in self.results]}
+
+    @property
+    def leaked(self) -> list[Entry]:
+        return [entry for entry in self.results if entry.outcome == "leaked"]
+
+    def table(self) -> str:
+        """A plain-text table: channel, attempt, outcome, evidence."""
+        rows = [("channel", "attempt", "outcome", "evidence")]
+        rows += [(e.channel, e.name, e.outcome, e.evidence) for e in self.results]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return "\n".join(
+            "  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows
+        )
+
+
+@contextmanager
+def _box(runner: Runner, image: str, policy: Policy, root: Path, name: str) -> Iterator[AttackBox]:
+    with JobWorkspace(root, f"scorecard-{name}") as ws:
+        yield AttackBox(runner, image, policy, ws)
+
+
+def _network(box: AttackBox) -> Entry:
+    result, targets = box.network()
+    reached = [t for t in targets if t.accepted] or [
+        c for c in result["connect"] if c == "connected"
+    ]
+    sockets = [k for k in ("raw", "packet") if result[k] == "opened"]
+    leaked = bool(reached or sockets or result["dns"] == "resolved" or result["routes"])
+    evidence = (
+        f"interfaces {result['interfaces']}, {result['routes']} routes; connects to "
+        f"{len(targets)} host listeners: {result['connect']}; raw {result['raw']}, "
+        f"packet {result['packet']}, DNS {result['dns']}"
+    )
+    attempt = "connect to host loopback and Docker bridge, raw/packet sockets, DNS"
+    return Entry("network-escape", "network", attempt, "leaked" if leaked else "blocked", evidence)
+
+
+def _filesystem(box: AttackBox) -> Entry:
+    result = box.json(escapes.FILESYSTEM_PROBE)
+    allowed = {"/tmp/ok", "/output/ok"}
+    written = sorted(p for p, v in result.items() if v == "written" and p not in allowed)
+    evidence = (
+        f"writes refused: {sum(v != 'written' for v in result.values())} of {len(result) - 2}; "
+        f"unexpected writes: {written or 'none'}"
+    )
+    outcome: Outcome = "leaked" if written else "blocked"
+    attempt = "write to /, /etc, /data, /algorithm, guest code"
+    return Entry("write-outside-output", "filesystem", attempt, outcome, evidence)
+
+
+def _privileges(box: AttackBox) -> Entry:
+    result = box.json(escapes.PRIVILEGE_PROBE)
+    caps = {k: result[k] for k in ("CapEff", "CapPrm", "CapBnd") if result.get(k)}
+    nonzero = [k for k, v in caps.items() if int(v, 16) != 0]
+    escalated = [b for b, code, out in result["runs"] if code == 0 or out == "0"]
+    leaked = bool(
+        nonzero or escalated or result["setuid"] != "PermissionError" or result["docker_socket"]
+    )
+    evidence = (
+        f"uid {result['uid']}, capabilities {caps}, setuid(0): {result['setuid']}, "
+        f"setuid binaries run: {len(result['runs'])} gained root: {escalated or 'none'}, "
+        f"Docker socket: {result['docker_socket'] or 'absent'}"
+    )
+    attempt = "setuid(0), setuid binaries, capabilities, Docker socket"
+    outcome: Outcome = "leaked" if leaked else "blocked"
+    return Entry("privilege-escalation", "privileges", attempt, outcome, evidence)
+
+
+def _resources(box: AttackBox, policy: Policy, budget: Budget) -> list[Entry]:
+    entries = []
+    forked = box.run(escapes.FORK_BOMB)
+    logs = forked.logs.decode(errors="replace")
+    counts = [int(line.split()[1]) for line in logs.splitlines() if line.startswith("forked")]
+    bounded = max(counts, default=0) < policy.limits.pids + 64
+    entries.append(
+        Entry(
+            "fork-bomb",
+            "resources",
+            "fork until refused",
+            "blocked" if bounded else "leaked",
+            f"{max(counts, default=0)} forks before refusal or teardown (pids limit "
+            f"{policy.limits.pids}, runtime {policy.runtime})",
+        )
+    )
+    bomb = box.run(escapes.MEMORY_BOMB)
+    survived = b"survived" in bomb.logs
+    entries.append(
+        Entry(
+            "memory-bomb",
+            "resources",
+            "allocate 4 GiB in 64 MiB steps",
+            "leaked" if survived else "blocked",
+            f"killed: oom={bomb.status.oom_killed}, exit {bomb.status.exit_code} "
+            f"(memory limit {policy.limits.memory_mb} MB, swap 0)",
+        )
+    )
+    fill = box.json(escapes.DISK_FILL)
+    caps = {
+        "/tmp/fill": policy.limits.tmp_mb,
+        "/output/fill": policy.limits.output_mb,
+        "/dev/shm/fill": 64,
+    }
+    over = [p for p, (written, _) in fill.items() if written > caps[p] * MB]
+    entries.append(
+        Entry(
+            "disk-fill",
+            "resources",
+            "fill /tmp, /output and /dev/shm",
+            "leaked" if over else "blocked",
+            ", ".join(
+                f"{path.split('/fill')[0]} stopped at {written // MB} MB ({error})"
+                for path, (written, error) in fill.items()
+            ),
+        )
+    )
+    wall = 5 if budget == "small" else policy.limits.wall_seconds
+    limits = policy.limits.model_copy(update={"wall_seconds": wall})
+    limited = policy.model_copy(update={"limits": limits})
+    loop = box.run(escapes.ENDLESS_LOOP, limited)
+    entries.append(
+        Entry(
+            "endless-loop",
+            "resources",
+            "spin forever",
+            "blocked" if loop.status.timed_out else "leaked",
+            f"killed after {loop.status.duration_s:.1f} s at a {wall} s wall-clock limit"
+            + (" (budget mode: limit lowered from the policy's)" if budget == "small" else ""),
+        )
+    )
+    return entries
+
+
+_EXPECTED = {"w": TensorSpec("F32", (4, 4)), "b": TensorSpec("F32", (4,))}
+_HONEST = (
+    "import numpy as np\nfrom safetensors.numpy import save_file\n"
+    "save_file({'w': np.ones((4, 4), np.float32), 'b': np.ones(4, np.float32)}, "
+    "'/output/model.safetensors')\n"
+)
+SMUGGLING: dict[str, tuple[str, str]] = {
+    "extra-file": ("open('/output/notes.txt', 'w').write('secret')", "a file beside the model"),
+    "symlink-to-dataset": (
+        "import os; os.remove('/output/model.safetensors'); "
+        "os.symlink('/data/train.npz', '/output/model.safetensors')",
+        "model.safetensors as a symlink to the dataset",
+    ),
+    "pickle-as-model": (
+        "import pickle; open('/output/model.safetensors', 'wb').write(pickle.dumps({'w': 1}))",
+        "a pickle named model.safetensors",
+    ),
+    "extra-tensor": (
+        "save_file({'w': np.ones((4, 4), np.float32), 'b': np.ones(4, np.float32), "
+        "'data': np.ones(100, np.float32)}, '/output/model.safetensors')",
+        "an extra tensor holding data",
+    ),
+    "metadata": (
+        "save_file({'w': np.ones((4, 4), np.float32), 'b': np.ones(4, np.float32)}, "
+        "'/output/model.safetensors', metadata={'secret': 'x' * 100})",
+        "data in __metadata__",
+    ),
+    "nan-payload": (
+        "w = np.ones((4, 4), np.float32); w.view(np.uint32)[0, :] = 0x7FC0BEEF; "
+        "save_file({'w': w, 'b': np.ones(4, np.float32)}, '/output/model.safetensors')",
+        "bits in NaN payloads",
+    ),
+    "padding": (
+        "open('/output/model.safetensors', 'ab').write(b'\\0' * 4096)",
+        "bytes appended after the tensors",
+    ),
+}
+
+
+def _smuggling(box: AttackBox, policy: Policy, scratch: Path) -> list[Entry]:
+    entries = []
+    for name, (code, attempt) in SMUGGLING.items():
+        for leftover in box.output.iterdir():
+            leftover.unlink()
+        result = box.run(_HONEST + code + "\n")
+        if not result.status.ok:
+            raise RuntimeError(f"smuggling attempt {name} did not run: {result.logs[-300:]!r}")
+        dest = scratch / f"{name}.safetensors"
+        try:
+            gate_output(box.output, _EXPECTED, policy.gate, dest)
+        except GateViolation as rejected:
+            entries.append(Entry(name, "output smuggling", attempt, "blocked", rejected.message))
+        else:
+            accepted = "the gate accepted it"
+            entries.append(Entry(name, "output smuggling", attempt, "leaked", accepted))
+    return entries
+
+
+def _conventional(policy: Policy) -> list[Entry]:
+    """Channels closed (or not) by how the pipeline is built, with the mechanism as evidence."""
+    return [
+        Entry(
+            "file-size",
+            "file size",
+            "encode bits in the model file's size",
+            "blocked",
+            "the gate requires names, shapes and dtypes equal to the declared architecture "
+            "and rewrites the file canonically: its size is fixed before the data is seen",
+        ),
+        Entry(
+            "logs",
+            "logs",
+            "print data to stdout/stderr",
+            "blocked",
+            "container logs are capped at "
+            f"{policy.limits.log_kb} KiB and written to owner/logs.txt (0600) only; "
+            "the provider receives the decision and the model",
+        ),
+        Entry(
+            "exit-status",
+            "exit status",
+            "signal bits by crashing or exiting with a chosen status",
+            "neutralized",
+            "the provider learns only the decision (released or rejected): at most one "
+            "bit per job, not the status or the reason",
+        ),
+        Entry(
+            "timing",
+            "timing",
+            "modulate training time to signal bits",
+            "leaked",
+            "this policy releases as soon as the job ends, so the release time follows "
+            "the training time (fixed-time release is not implemented yet)",
+        ),
+    ]
+
+
+def run_scorecard(
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    *,
+    budget: Budget = "small",
+    progress: Callable[[str], None] | None = None,
+    work_root: Path | None = None,
+) -> Scorecard:
+    say = progress or (lambda message: None)
+    entries: list[Entry] = []
+    with tempfile.TemporaryDirectory(prefix="sandbox-scorecard-") as tmp:
+        root = work_root or Path(tmp) / "work"
+        with _box(runner, image, policy, root, "isolation") as box:
+            for label, probe in (
+                ("network", _network),
+                ("filesystem", _filesystem),
+                ("privileges", _privileges),
+            ):
+                say(f"isolation: {label}")
+                entries.append(probe(box))
+            say("isolation: resources")
+            entries.extend(_resources(box, policy, budget))
+        with _box(runner, image, policy, root, "smuggling") as box:
+            say("output smuggling")
+            entries.extend(_smuggling(box, policy, Path(tmp)))
+    entries.extend(_conventional(policy))
+    return Scorecard(policy=policy.name, results=entries)

@@ -1,0 +1,65 @@
+"""The red-team scorecard against the shipped policies, on the real engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox.policy.load import load_policy
+from sandbox.redteam.scorecard import SMUGGLING, run_scorecard
+from sandbox.runner.docker_runner import DockerRunner
+
+pytestmark = pytest.mark.docker
+
+ISOLATION = {
+    "network-escape",
+    "write-outside-output",
+    "privilege-escalation",
+    "fork-bomb",
+    "memory-bomb",
+    "disk-fill",
+    "endless-loop",
+}
+
+
+@pytest.mark.parametrize("name", ["default", "strict"])
+def test_every_escape_and_smuggling_attempt_is_blocked(
+    name: str, docker_client: object, runtime_image: str, tmp_path: Path
+) -> None:
+    policy = load_policy(name)
+    card = run_scorecard(
+        policy, DockerRunner(docker_client), runtime_image, work_root=tmp_path / "work"
+    )
+    outcomes = {entry.name: entry.outcome for entry in card.results}
+    assert ISOLATION | set(SMUGGLING) <= set(outcomes)
+    for attempt in ISOLATION | set(SMUGGLING) | {"file-size", "logs"}:
+        assert outcomes[attempt] == "blocked", [e for e in card.results if e.name == attempt]
+    assert outcomes["exit-status"] == "neutralized"
+    # Honest about what is still open: no policy hides timing yet.
+    assert outcomes["timing"] == "leaked"
+    assert all(entry.evidence for entry in card.results)
+    assert not list((tmp_path / "work").iterdir())
+
+
+def test_cli_json_shape(docker_client: object, runtime_image: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox.cli", "policy", "test", "--policy", "default", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["policy"] == "default"
+    assert {"name", "channel", "outcome", "evidence"} <= set(card["results"][0])
+    assert {r["outcome"] for r in card["results"]} <= {
+        "blocked",
+        "neutralized",
+        "detected",
+        "leaked",
+    }
