@@ -65,14 +65,95 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
+    from sandbox.client.demo import run_demo
 
     out = args.out or Path(tempfile.mkdtemp(prefix="sandbox-demo-")) / "out"
-    with tempfile.TemporaryDirectory(prefix="sandbox-demo-data-") as tmp:
-        dataset = write_digits(Path(tmp) / "digits.npz")
-        report = _run_job(EXAMPLE_ALGORITHM, dataset, args.policy, out, None, not args.json)
-    print(json.dumps(report, indent=2) if args.json else _summary(report, out))
-    return 0 if report["decision"] != "rejected" else JobRejected.exit_code
+    result = run_demo(args.policy, out, show=_tty() and not args.json)
+    print(json.dumps(result, indent=2) if args.json else _demo_summary(result))
+    return 0 if result["decision"] != "rejected" else JobRejected.exit_code
+
+
+def _demo_summary(result: dict[str, Any]) -> str:
+    lines = [f"job {result['job_id']}: decision {result['decision']}"]
+    lines += [f"  - {reason}" for reason in result.get("reasons", [])]
+    if result.get("accuracy") is not None:
+        lines.append(f"holdout accuracy: {result['accuracy']:.4f}")
+    if result.get("model_sha256"):
+        verified = "verified" if result["verified"] else "NOT verified"
+        lines.append(
+            f"model sha256 {result['model_sha256']} ({verified} against the release record)"
+        )
+    lines.append(f"results: {result['out']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ server and client
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from sandbox.service.state import default_state_dir, init_state, parse_party
+
+    state = args.dir or default_state_dir()
+    parties = [parse_party(spec) for spec in args.party]
+    configs = init_state(state, parties, args.address)
+    result = {"state": str(state), "configs": {name: str(p) for name, p in configs.items()}}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"state directory {state} (CA, server certificate, master key, signing key)")
+        for name, path in configs.items():
+            print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sandbox.server import serve_forever
+    from sandbox.service.state import default_state_dir
+
+    serve_forever(args.state or default_state_dir(), args.address)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from sandbox.client.config import find_config
+    from sandbox.client.connection import Client
+
+    config = find_config(args.config, args.state)
+    return Client(config, progress=_tty() and not args.json)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from sandbox.client import commands
+
+    show = _tty() and not args.json
+    with _client(args) as client:
+        action = args.action
+        if action == "dataset upload":
+            result, text = commands.dataset_upload(client, args.file, args.name)
+        elif action == "algorithm upload":
+            result, text = commands.algorithm_upload(client, args.path)
+        elif action == "job submit":
+            result, text = commands.job_submit(client, args.dataset, args.algorithm, args.policy)
+        elif action == "job show":
+            result, text = commands.job_show(client, args.job)
+        elif action == "job list":
+            result, text = commands.job_list(client, args.page_size, args.page_token)
+        elif action == "job watch":
+            result, text = commands.job_watch(client, args.job, show)
+        elif action == "job cancel":
+            result, text = commands.job_cancel(client, args.job)
+        elif action == "job approve":
+            result, text = commands.job_approve(client, args.job, args.deny)
+        elif action == "job report":
+            result, text = commands.job_report(client, args.job, args.out)
+        elif action == "model download":
+            result, text = commands.model_download(client, args.job, args.out)
+        else:  # pragma: no cover - argparse only sets the actions above
+            raise AssertionError(action)
+    print(json.dumps(result, indent=2) if args.json else text)
+    if action == "job watch":
+        return commands.exit_code_for(result)
+    return 0
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
@@ -209,7 +290,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_verify.add_argument("--json", action="store_true", help="print the result as JSON")
     audit_verify.set_defaults(func=cmd_audit)
+    _add_server_commands(sub)
     return parser
+
+
+def _add_server_commands(sub: Any) -> None:
+    init = sub.add_parser("init", help="create a server state directory and party certificates")
+    init.add_argument("--dir", type=Path, help="state directory (default: $SANDBOX_STATE)")
+    init.add_argument(
+        "--party",
+        action="append",
+        default=[],
+        metavar="NAME:ROLE",
+        help="a party and its role (data_owner, provider, operator, security); repeatable",
+    )
+    init.add_argument("--address", default="localhost:50443", help="written to client configs")
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=cmd_init)
+
+    serve = sub.add_parser("serve", help="run the gRPC server (mTLS)")
+    serve.add_argument("--state", type=Path, help="state directory (default: $SANDBOX_STATE)")
+    serve.add_argument("--address", default="localhost:50443", help="HOST:PORT to listen on")
+    serve.set_defaults(func=cmd_serve)
+
+    def client_parser(parent: Any, name: str, action: str, help_text: str) -> Any:
+        command = parent.add_parser(name, help=help_text)
+        command.add_argument("--config", type=Path, help="client config (default: $SANDBOX_CONFIG)")
+        command.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+        command.add_argument("--json", action="store_true", help="print JSON on stdout")
+        command.set_defaults(func=cmd_client, action=action)
+        return command
+
+    dataset = sub.add_parser("dataset", help="datasets on the server").add_subparsers(
+        dest="dataset_command", required=True
+    )
+    upload = client_parser(dataset, "upload", "dataset upload", "upload a dataset (.npz)")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", required=True)
+
+    algorithm = sub.add_parser("algorithm", help="algorithms on the server").add_subparsers(
+        dest="algorithm_command", required=True
+    )
+    alg_upload = client_parser(
+        algorithm, "upload", "algorithm upload", "upload an algorithm (directory or .tar.gz)"
+    )
+    alg_upload.add_argument("path", type=Path)
+
+    job = sub.add_parser("job", help="jobs on the server").add_subparsers(
+        dest="job_command", required=True
+    )
+    submit = client_parser(job, "submit", "job submit", "submit a job")
+    submit.add_argument("--dataset", required=True)
+    submit.add_argument("--algorithm", required=True)
+    submit.add_argument("--policy", default="default")
+    for name, help_text in (
+        ("show", "show a job"),
+        ("watch", "follow a job until it ends"),
+        ("cancel", "cancel a job"),
+    ):
+        client_parser(job, name, f"job {name}", help_text).add_argument("job")
+    approve = client_parser(job, "approve", "job approve", "approve (or --deny) a job")
+    approve.add_argument("job")
+    approve.add_argument("--deny", action="store_true")
+    listing = client_parser(job, "list", "job list", "list your jobs")
+    listing.add_argument("--page-size", type=int, default=50)
+    listing.add_argument("--page-token", default="")
+    report = client_parser(job, "report", "job report", "a job's report (what you may see)")
+    report.add_argument("job")
+    report.add_argument("--out", type=Path, help="also write report, attestation, logs here")
+
+    model = sub.add_parser("model", help="released models").add_subparsers(
+        dest="model_command", required=True
+    )
+    download = client_parser(model, "download", "model download", "download a released model")
+    download.add_argument("job")
+    download.add_argument("--out", type=Path, required=True)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

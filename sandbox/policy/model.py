@@ -52,6 +52,13 @@ class ArchitectureRules(_Strict):
     op_namespaces: tuple[Literal["aten", "prims"], ...] = ("aten",)
 
 
+class Quotas(_Strict):
+    """How many jobs may start per day: each job's outcome leaks a few bits of the data."""
+
+    jobs_per_provider_per_day: int = Field(50, ge=0, le=100000)
+    jobs_per_dataset_per_day: int = Field(50, ge=0, le=100000)
+
+
 class Policy(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = ""
@@ -63,3 +70,7 @@ class Policy(_Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     holdout_seed: int = Field(0, ge=0)
     max_dataset_mb: int = Field(1024, ge=1, le=1048576)
+    approval: Literal["required", "not_required"] = Field(
+        "required", description="whether the data owner approves each job on their dataset"
+    )
+    quotas: Quotas = Quotas()

@@ -6,6 +6,7 @@ The pipeline is replaced by a stub wherever a command would start containers;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from collections.abc import Iterator
@@ -364,22 +365,38 @@ def test_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     assert "hidden" not in captured.err
 
 
-def test_demo_runs_the_example_on_digits(
-    fake_job: FakeJob, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.fixture
+def fake_executor(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The demo's in-process server runs its job through a fake executor (no containers)."""
+    import sandbox.server
+    from tests.api.fakes import FakeExecutor
+
+    executor = FakeExecutor()
+    monkeypatch.setattr(sandbox.server, "DockerExecutor", lambda **_: executor)
+    return executor
+
+
+def test_demo_runs_the_example_over_mtls(
+    fake_executor: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "demo-out"
     assert cli.main(["demo", "--json", "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["decision"] == "released"
-    algorithm, dataset, policy, job_out, holdout, progress = fake_job.calls[0]
-    assert algorithm == EXAMPLE_ALGORITHM
-    assert (policy, job_out, holdout, progress) == ("default", out, None, False)
-    assert not Path(dataset).exists()  # the generated dataset is removed afterwards
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "released"
+    assert result["verified"] is True
+    assert result["accuracy"] == 0.95
+    model = (out / "model.safetensors").read_bytes()
+    assert hashlib.sha256(model).hexdigest() == result["model_sha256"]
+    assert result["job_id"].startswith("job_")
+    ((dataset_head, algorithm_head),) = fake_executor.seen_inputs
+    assert dataset_head == b"PK\x03\x04"  # the job saw the decrypted digits .npz
+    assert algorithm_head == b"\x1f\x8b"  # and the uploaded package (a .tar.gz)
 
 
-def test_demo_rejected_exits_10(fake_job: FakeJob, tmp_path: Path) -> None:
-    fake_job.decision = "rejected"
+def test_demo_rejected_exits_10(fake_executor: Any, tmp_path: Path) -> None:
+    fake_executor.mode = "rejected"
     assert cli.main(["demo", "--policy", "strict", "--out", str(tmp_path / "o")]) == 10
-    assert fake_job.calls[0][2] == "strict"
+    assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
 def test_demo_dataset_is_the_sample(tmp_path: Path) -> None:

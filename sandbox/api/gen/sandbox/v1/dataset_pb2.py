@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sandbox.api.gen.sandbox.v1 import common_pb2 as sandbox_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandbox/v1/dataset.proto\x12\nsandbox.v1\x1a\x17sandbox/v1/common.proto\"[\n\x14UploadDatasetRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9d\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x13\n\x0binput_shape\x18\x07 \x03(\r\x12\x10\n\x08\x65xamples\x18\x08 \x01(\r\x12\x0f\n\x07\x63reated\x18\t \x01(\x01\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.sandbox.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xef\x01\n\x0e\x44\x61tasetService\x12H\n\rUploadDataset\x12 .sandbox.v1.UploadDatasetRequest\x1a\x13.sandbox.v1.Dataset(\x01\x12@\n\nGetDataset\x12\x1d.sandbox.v1.GetDatasetRequest\x1a\x13.sandbox.v1.Dataset\x12Q\n\x0cListDatasets\x12\x1f.sandbox.v1.ListDatasetsRequest\x1a .sandbox.v1.ListDatasetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandbox/v1/dataset.proto\x12\nsandbox.v1\x1a\x17sandbox/v1/common.proto\"[\n\x14UploadDatasetRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8b\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x13\n\x0binput_shape\x18\x07 \x03(\r\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x01\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.sandbox.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xef\x01\n\x0e\x44\x61tasetService\x12H\n\rUploadDataset\x12 .sandbox.v1.UploadDatasetRequest\x1a\x13.sandbox.v1.Dataset(\x01\x12@\n\nGetDataset\x12\x1d.sandbox.v1.GetDatasetRequest\x1a\x13.sandbox.v1.Dataset\x12Q\n\x0cListDatasets\x12\x1f.sandbox.v1.ListDatasetsRequest\x1a .sandbox.v1.ListDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADDATASETREQUEST']._serialized_start=65
   _globals['_UPLOADDATASETREQUEST']._serialized_end=156
   _globals['_DATASET']._serialized_start=159
-  _globals['_DATASET']._serialized_end=316
-  _globals['_GETDATASETREQUEST']._serialized_start=318
-  _globals['_GETDATASETREQUEST']._serialized_end=349
-  _globals['_LISTDATASETSREQUEST']._serialized_start=351
-  _globals['_LISTDATASETSREQUEST']._serialized_end=411
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=413
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=499
-  _globals['_DATASETSERVICE']._serialized_start=502
-  _globals['_DATASETSERVICE']._serialized_end=741
+  _globals['_DATASET']._serialized_end=298
+  _globals['_GETDATASETREQUEST']._serialized_start=300
+  _globals['_GETDATASETREQUEST']._serialized_end=331
+  _globals['_LISTDATASETSREQUEST']._serialized_start=333
+  _globals['_LISTDATASETSREQUEST']._serialized_end=393
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=395
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=481
+  _globals['_DATASETSERVICE']._serialized_start=484
+  _globals['_DATASETSERVICE']._serialized_end=723
 # @@protoc_insertion_point(module_scope)

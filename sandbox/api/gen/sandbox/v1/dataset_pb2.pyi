@@ -16,7 +16,7 @@ class UploadDatasetRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "owner", "name", "sha256", "size", "num_classes", "input_shape", "examples", "created")
+    __slots__ = ("id", "owner", "name", "sha256", "size", "num_classes", "input_shape", "created")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -24,7 +24,6 @@ class Dataset(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
-    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
@@ -33,9 +32,8 @@ class Dataset(_message.Message):
     size: int
     num_classes: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    examples: int
     created: float
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., examples: _Optional[int] = ..., created: _Optional[float] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., created: _Optional[float] = ...) -> None: ...
 
 class GetDatasetRequest(_message.Message):
     __slots__ = ("id",)

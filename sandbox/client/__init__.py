@@ -1,0 +1,1 @@
+"""The gRPC client behind the `sandbox` commands that talk to a server."""
