@@ -47,22 +47,13 @@ def abort(context: grpc.ServicerContext, error: BaseException) -> None:
     context.abort(code, message)
 
 
-class RemoteError(SandboxError):
-    """An error the server reported; `exit_code` is the catalog's for its status."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        cls = _BY_CODE.get(code)
-        self.exit_code = cls.exit_code if cls else 1  # type: ignore[misc]
-        self.grpc_code = code  # type: ignore[misc]
-
-
-def from_rpc_error(error: grpc.RpcError) -> RemoteError:
+def from_rpc_error(error: grpc.RpcError) -> SandboxError:
+    """The catalog error for a failed call (INTERNAL and unknown codes: exit code 1)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     message = details or name.lower().replace("_", " ")
     if name == "UNAVAILABLE":
         message = f"the server is unavailable or refused the connection ({message})"
-    return RemoteError(name, message)
+    cls = _BY_CODE.get(name, SandboxError)
+    return cls(message)

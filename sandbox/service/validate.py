@@ -57,7 +57,8 @@ def _main(argv: list[str]) -> int:
     try:
         ds = load_dataset(path, max_bytes=max_bytes)
     except SandboxError as error:
-        message = error.message.replace(str(path), "the uploaded dataset")
+        message = error.message.replace(f"dataset {path}", "the dataset")
+        message = message.replace(str(path), "the dataset")
         print(json.dumps({"ok": False, "code": error.grpc_code, "message": message}))
         return 0
     print(

@@ -14,10 +14,12 @@ import pytest
 from sandbox.client.config import load_config
 from sandbox.client.connection import Client
 from sandbox.server import RunningServer, start_server
+from sandbox.service.platform import Limits
 from sandbox.service.state import init_state
 from sandbox.store import Role
 from tests.api.fakes import FakeExecutor
 
+LIMITS = Limits(max_dataset_bytes=64 << 20, max_algorithm_bytes=8 << 20)
 PARTIES = [
     ("alice", Role.DATA_OWNER),
     ("carol", Role.DATA_OWNER),
@@ -49,7 +51,7 @@ class Env:
         self.clients.clear()
         self.server.stop()
         self.executor = executor or FakeExecutor()
-        self.server = start_server(self.state, executor=self.executor)
+        self.server = start_server(self.state, executor=self.executor, limits=LIMITS)
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +71,11 @@ def env(tmp_path: Path, initialised: tuple[Path, dict[str, Path]]) -> Iterator[E
     shutil.copytree(template, state)
     local = {name: state / path.relative_to(template) for name, path in configs.items()}
     executor = FakeExecutor()
-    server = start_server(state, executor=executor)
+    server = start_server(state, executor=executor, limits=LIMITS)
     environment = Env(state, local, server, executor, {})
     yield environment
     for client in environment.clients.values():
         client.close()
+    environment.executor.release_block.set()  # never leave a job (and its tmpfs) running
+    environment.server.platform.wait_idle(10)
     environment.server.stop()
