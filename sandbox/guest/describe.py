@@ -13,6 +13,7 @@ import os
 import torch
 
 from sandbox.guest import protocol
+from sandbox.guest.archive import load_checked
 
 
 def _ops_and_violations(program: torch.export.ExportedProgram) -> tuple[int, list[str], list[str]]:
@@ -47,7 +48,7 @@ def main() -> None:
     input_shape = tuple(json.loads(os.environ["SANDBOX_INPUT_SHAPE"]))
     num_classes = int(os.environ["SANDBOX_NUM_CLASSES"])
     try:
-        program = torch.export.load(str(protocol.WORK / "model.pt2"))
+        program = load_checked(str(protocol.WORK / "model.pt2"))
     except Exception as error:
         protocol.fail(protocol.EXIT_INVALID, f"the exported program does not load: {error}")
     nodes, ops, violations = _ops_and_violations(program)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from sandbox.guest import protocol
+from sandbox.guest.archive import load_checked
 
 
 def _score(module: torch.nn.Module, weights_path: Path, x: np.ndarray, y: np.ndarray) -> int:
@@ -37,7 +38,7 @@ def main() -> None:
         protocol.fail(protocol.EXIT_INVALID, "evaluate needs weight names")
     with np.load(str(protocol.DATA / "holdout.npz"), allow_pickle=False) as data:
         x, y = data["x"], data["y"]
-    program = torch.export.load(str(protocol.WORK / "model.pt2"))
+    program = load_checked(str(protocol.WORK / "model.pt2"))
     results: dict[str, dict[str, int]] = {}
     for name in names:
         module = program.module()

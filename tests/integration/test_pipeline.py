@@ -388,6 +388,14 @@ FAILURES = [
         id="c-build-model-not-module",
     ),
     pytest.param(
+        "export_hostile_pt2",
+        {},
+        "describe: the exported program is not a plain torch.export archive: the program "
+        "carries guard code",
+        ["export", "describe"],
+        id="c2-export-writes-code-into-the-program",
+    ),
+    pytest.param(
         "train_crash",
         {},
         "train: train.py raised RuntimeError: deliberate crash in train.py",
