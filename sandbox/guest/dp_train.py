@@ -1,0 +1,561 @@
+"""Step 5, in a container with NO provider code: DP-SGD on the exported graph.
+
+Loads `/work/model.pt2` with torch.export (a graph of aten ops; the provider's
+Python never runs here), discards the provider's weights, re-initialises every
+parameter with the platform's own rule from the OS CSPRNG, and trains with DP-SGD
+(Abadi et al., CCS 2016) on `/data/train.npz`:
+
+- Poisson sampling: every example joins a step's batch independently with
+  probability q, so batch sizes vary and a batch may be empty (the step still adds
+  noise and updates: the accountant counts every step);
+- per-example gradients from `torch.func.vmap(torch.func.grad(loss))`, where the
+  loss runs the graph on ONE example (`x_i.unsqueeze(0)`): an operator that mixes
+  the batch (a batch mean, BatchNorm) sees a batch of one, so each example's
+  gradient depends on that example alone;
+- each example's gradient clipped to L2 norm `clip` over all parameters jointly
+  (a non-finite gradient counts as zero), summed, plus Gaussian noise
+  N(0, (sigma * clip)^2) per coordinate, divided by the EXPECTED batch size q * n;
+- an optimiser step (SGD or Adam) owned by this trainer: the module is a pure
+  function of the parameters passed in; its own state is never read back.
+
+Hyperparameters come from `/work/dp_config.json`, written by the host's planner
+(`sandbox.dp.plan`); the host holds the accountant. Writes the trained parameters
+to `/output/model.safetensors` and what ran to `/output/dp.json`.
+
+Randomness: initialisation, sampling and noise come from torch generators seeded
+with 64 bits each from `os.urandom`. Those generators (Mersenne Twister on the CPU,
+Philox on CUDA) are not themselves cryptographic, and floating-point Gaussian
+samples are not exact; both are the usual practice of DP-SGD libraries (Opacus'
+default mode) and are named as residual risks in the report.
+
+The core (`per_example_grads`, `clip_and_sum`, `noisy_step`, `train`) is plain
+functions, importable and tested on the host; `main()` is the container entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sandbox.guest import protocol
+from sandbox.guest.archive import check_archive
+
+Tensors = dict[str, torch.Tensor]
+
+CONFIG_FORMAT = 1
+MAX_STEPS = 10_000_000
+# Lifted tensor constants larger than this are refused: DP retraining re-initialises
+# every parameter, and a constant added to a parameter would carry the provider's
+# chosen values past the re-initialisation (Feng and Tramer, ICML 2024).
+MAX_CONSTANT_ELEMENTS = 16
+_NORM_EPS = 1e-6  # as Opacus: factor = clip / (norm + eps), so a clipped norm stays < clip
+_BATCH_NORM_OPS = ("batch_norm", "native_batch_norm", "_native_batch_norm_legit")
+_BATCH_NORM_REASON = (
+    "BatchNorm couples the examples of a batch and keeps running statistics; "
+    "use GroupNorm or LayerNorm"
+)
+_SCALE_NAMES = ("weight", "scale", "gamma")
+
+
+class DPRefused(Exception):
+    """The graph or the configuration cannot be trained with DP-SGD; `violations` says why."""
+
+    def __init__(self, violations: list[str]) -> None:
+        super().__init__("; ".join(violations))
+        self.violations = violations
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """`dp_config.json`: what the host's planner decided (see sandbox.dp.plan.DPPlan)."""
+
+    n: int
+    sample_rate: float
+    expected_batch_size: float
+    steps: int
+    epochs: int
+    lr: float
+    clip: float
+    noise_multiplier: float
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    chunk: int = 256
+    device: str = "cpu"
+
+    @staticmethod
+    def from_json(raw: bytes | str) -> DPConfig:
+        """Parse and check strictly: unknown keys, wrong types and bad ranges are errors."""
+        try:
+            data = json.loads(raw)
+        except ValueError as error:
+            raise DPRefused([f"dp_config.json is not valid JSON: {error}"]) from error
+        if not isinstance(data, dict) or data.get("format") != CONFIG_FORMAT:
+            raise DPRefused(["dp_config.json is not a format-1 DP configuration"])
+        fields = {
+            "n": int,
+            "sample_rate": float,
+            "expected_batch_size": float,
+            "steps": int,
+            "epochs": int,
+            "lr": float,
+            "clip": float,
+            "noise_multiplier": float,
+            "optimizer": str,
+            "momentum": float,
+            "chunk": int,
+            "device": str,
+        }
+        optional = {"optimizer", "momentum", "chunk", "device"}
+        required = set(fields) - optional
+        unknown = sorted(set(data) - set(fields) - {"format"})
+        missing = sorted(required - set(data))
+        problems: list[str] = []
+        if unknown:
+            problems.append(f"dp_config.json has unknown keys {unknown}")
+        if missing:
+            problems.append(f"dp_config.json lacks {missing}")
+        values: dict[str, Any] = {}
+        for key, kind in fields.items():
+            if key not in data:
+                continue
+            value = data[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                problems.append(f"dp_config.json: {key} is not a {kind.__name__}")
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"dp_config.json: {key} is not finite")
+                continue
+            values[key] = value
+        if problems:
+            raise DPRefused(problems)
+        config = DPConfig(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        problems = []
+        if not self.n >= 1:
+            problems.append("n must be >= 1")
+        if not 0 < self.sample_rate <= 1:
+            problems.append("sample_rate must be in (0, 1]")
+        if not math.isclose(self.expected_batch_size, self.sample_rate * self.n, rel_tol=1e-6):
+            problems.append("expected_batch_size must equal sample_rate * n")
+        if not 1 <= self.steps <= MAX_STEPS:
+            problems.append(f"steps must be in [1, {MAX_STEPS}]")
+        if not 0 < self.lr <= 100:
+            problems.append("lr must be in (0, 100]")
+        if not 0 < self.clip <= 1e6:
+            problems.append("clip must be in (0, 1e6]")
+        if not 0 < self.noise_multiplier <= 1e6:
+            problems.append("noise_multiplier must be in (0, 1e6]: no noise, no privacy")
+        if self.optimizer not in ("adam", "sgd"):
+            problems.append("optimizer must be 'adam' or 'sgd'")
+        if not 0 <= self.momentum < 1:
+            problems.append("momentum must be in [0, 1)")
+        if not 1 <= self.chunk <= 65536:
+            problems.append("chunk must be in [1, 65536]")
+        if self.device not in ("cpu", "cuda", "auto"):
+            problems.append("device must be 'cpu', 'cuda' or 'auto'")
+        if problems:
+            raise DPRefused([f"dp_config.json: {p}" for p in problems])
+
+
+def select_device(requested: str, cuda_available: bool) -> torch.device:
+    """`cpu`; `cuda` (refused when no GPU is visible: the policy granted one); `auto`."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not cuda_available:
+            raise DPRefused(["the plan asks for a GPU but CUDA is not available in the container"])
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cuda" if cuda_available else "cpu")
+    raise DPRefused([f"unknown device {requested!r}; use cpu, cuda or auto"])
+
+
+def os_seed() -> int:
+    """64 bits from the OS CSPRNG; never a fixed seed."""
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def make_generator(device: torch.device, seed: int | None = None) -> torch.Generator:
+    """A generator on `device`, seeded from `os.urandom` unless a test passes `seed`."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(os_seed() if seed is None else seed)
+    return generator
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def check_program(program: torch.export.ExportedProgram) -> list[str]:
+    """Every reason the graph cannot be DP-trained (empty when it can)."""
+    violations: list[str] = []
+    signature = program.graph_signature
+    batch_norm = False
+    for node in program.graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
+            name = target._schema.name.split("::")[-1]
+            if name in _BATCH_NORM_OPS:
+                batch_norm = True
+            elif target._schema.is_mutable:
+                violations.append(f"operator {target} mutates its inputs (state across examples)")
+        elif target is not operator.getitem:
+            violations.append(
+                f"call to {getattr(target, '__name__', repr(target))} is not an aten operator"
+            )
+    buffers = list(signature.buffers)
+    if any(b.rsplit(".", 1)[-1] in ("running_mean", "running_var") for b in buffers):
+        batch_norm = True
+    if batch_norm:
+        violations.append(_BATCH_NORM_REASON)
+    mutated = sorted(signature.buffers_to_mutate.values())
+    if mutated:
+        violations.append(
+            f"the graph updates buffers {mutated[:5]} during the forward pass: state that "
+            "couples examples; DP-SGD needs a stateless forward pass"
+        )
+    if buffers:
+        violations.append(
+            f"the graph keeps buffers {sorted(buffers)[:5]}: DP retraining trains parameters "
+            "only and re-initialises them; register learned tensors as nn.Parameter and "
+            "compute fixed ones inside forward"
+        )
+    parameters = set(signature.parameters)
+    extra = sorted(set(program.state_dict) - parameters)
+    if extra:
+        violations.append(f"the state holds tensors that are not parameters: {extra[:5]}")
+    for name in signature.parameters:
+        tensor = program.state_dict[name]
+        if not tensor.is_floating_point():
+            violations.append(f"parameter {name} has dtype {tensor.dtype}; only floats train")
+    for name, value in program.constants.items():
+        if isinstance(value, torch.Tensor) and value.numel() > MAX_CONSTANT_ELEMENTS:
+            violations.append(
+                f"tensor constant {name} has {value.numel()} elements (at most "
+                f"{MAX_CONSTANT_ELEMENTS}): its values would survive re-initialisation; "
+                "make it an nn.Parameter"
+            )
+    if len(signature.user_inputs) != 1:
+        violations.append(f"the model takes {len(signature.user_inputs)} inputs; exactly one")
+    if not parameters:
+        violations.append("the graph has no parameters to train")
+    return violations
+
+
+def platform_init(
+    shapes: Mapping[str, tuple[torch.Size, torch.dtype]],
+    generator: torch.Generator,
+    device: torch.device,
+) -> Tensors:
+    """The platform's initialisation, a fixed rule of names and shapes only.
+
+    Tensors with 2+ dimensions: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in the
+    product of all but the first dimension (PyTorch's default for Linear and Conv,
+    kaiming_uniform with a = sqrt(5)). Tensors with 0 or 1 dimension: ones when the
+    last name component is a scale (`weight`, `scale`, `gamma`: norm layers), else
+    zeros (biases). The provider's initial values are never read.
+    """
+    params: Tensors = {}
+    for name, (shape, dtype) in shapes.items():
+        if len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+            value = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+            value = (value * 2.0 - 1.0) * bound
+        elif name.rsplit(".", 1)[-1] in _SCALE_NAMES:
+            value = torch.ones(shape, device=device, dtype=torch.float32)
+        else:
+            value = torch.zeros(shape, device=device, dtype=torch.float32)
+        params[name] = value.to(dtype)
+    return params
+
+
+def parameter_shapes(
+    program: torch.export.ExportedProgram,
+) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    state = program.state_dict
+    return {
+        name: (state[name].shape, state[name].dtype) for name in program.graph_signature.parameters
+    }
+
+
+# --------------------------------------------------------------------------- DP-SGD core
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, (tuple, list)) and len(output) == 1:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise DPRefused(["the model's output is not one tensor of logits"])
+    return output
+
+
+def per_example_grads(
+    module: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int,
+) -> Tensors:
+    """Gradients of the cross-entropy of each example alone: name -> [len(x), *shape].
+
+    The loss runs the graph on a batch of exactly one example, and vmap maps it over
+    the batch, so example i's gradient is a function of (params, x[i], y[i]) only,
+    whatever the graph does across its batch dimension. `chunk` bounds how many
+    examples vmap processes at once.
+    """
+
+    def loss(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(
+            module, (dict(p), dict(buffers)), (xi.unsqueeze(0),), strict=True
+        )
+        return torch.nn.functional.cross_entropy(_logits(out), yi.unsqueeze(0))
+
+    chunk_size = chunk if x.shape[0] > chunk else None  # one chunk: skip vmap's concatenation
+    grad = torch.func.vmap(
+        torch.func.grad(loss), in_dims=(None, 0, 0), chunk_size=chunk_size, randomness="error"
+    )
+    result: Tensors = grad(dict(params), x, y)
+    return result
+
+
+def clip_and_sum(grads: Mapping[str, torch.Tensor], clip: float) -> Tensors:
+    """Clip each example's gradient to L2 norm `clip` over all parameters jointly; sum.
+
+    The norm of each clipped gradient is below `clip`, so adding or removing one
+    example changes the sum by less than `clip` (replacing one: less than 2 * clip).
+    A gradient with a non-finite entry, or whose float32 norm overflows, contributes zero.
+    """
+    names = list(grads)
+    first = grads[names[0]]
+    count = first.shape[0]
+    if count == 0:
+        return {name: torch.zeros_like(g[0:1]).sum(0) for name, g in grads.items()}
+    squares = torch.zeros(count, dtype=torch.float64, device=first.device)
+    for g in grads.values():
+        norms = torch.linalg.vector_norm(g.reshape(count, -1), dim=1).double()
+        squares = squares + norms * norms
+    finite = torch.isfinite(squares)
+    factor = (clip / (squares.sqrt() + _NORM_EPS)).clamp(max=1.0)
+    factor = torch.where(finite, factor, torch.zeros_like(factor)).float()
+    clean = bool(finite.all())
+    summed: Tensors = {}
+    for name, g in grads.items():
+        values = g if clean else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+        summed[name] = torch.tensordot(factor.to(values.dtype), values, dims=1)
+    return summed
+
+
+def clipped_sum(
+    module: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip: float,
+    chunk: int,
+) -> Tensors:
+    """Sum of the clipped per-example gradients of a batch, `chunk` examples at a time."""
+    total: Tensors = {name: torch.zeros_like(p) for name, p in params.items()}
+    for start in range(0, x.shape[0], chunk):
+        grads = per_example_grads(
+            module, params, buffers, x[start : start + chunk], y[start : start + chunk], chunk
+        )
+        for name, value in clip_and_sum(grads, clip).items():
+            total[name] += value
+    return total
+
+
+def noisy_step(
+    params: Mapping[str, torch.Tensor],
+    summed: Mapping[str, torch.Tensor],
+    *,
+    clip: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Add N(0, (sigma * clip)^2) to each coordinate, divide by q * n, take one step.
+
+    `params` are the leaf tensors `optimizer` was built on. The divisor is the
+    expected batch size, fixed in advance, so the step's scale never depends on how
+    many examples the sampling happened to draw.
+    """
+    std = noise_multiplier * clip
+    for name, p in params.items():
+        noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        p.grad = (summed[name] + std * noise) / expected_batch_size
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one Poisson-sampled batch: each example independently with probability q."""
+    mask = torch.rand(n, generator=generator, device=generator.device) < sample_rate
+    return mask.nonzero().squeeze(1)
+
+
+def make_optimizer(params: list[torch.Tensor], config: DPConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: Tensors
+    steps: int
+    empty_batches: int
+    seconds: float
+
+
+def train(
+    module: torch.nn.Module,
+    initial: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: DPConfig,
+    *,
+    sample_generator: torch.Generator,
+    noise_generator: torch.Generator,
+) -> TrainResult:
+    """Run `config.steps` DP-SGD steps from `initial`; x and y on the training device."""
+    n = x.shape[0]
+    if n != config.n:
+        raise DPRefused([f"the dataset has {n} examples; the plan was made for {config.n}"])
+    params = {name: t.detach().clone().float().requires_grad_(True) for name, t in initial.items()}
+    optimizer = make_optimizer(list(params.values()), config)
+    start = time.perf_counter()
+    empty = 0
+    for _ in range(config.steps):
+        index = poisson_batch(n, config.sample_rate, sample_generator).to(x.device)
+        detached = {name: p.detach() for name, p in params.items()}
+        if index.numel() == 0:
+            empty += 1
+            summed = {name: torch.zeros_like(p) for name, p in detached.items()}
+        else:
+            summed = clipped_sum(
+                module, detached, {}, x[index], y[index], config.clip, config.chunk
+            )
+        noisy_step(
+            params,
+            summed,
+            clip=config.clip,
+            noise_multiplier=config.noise_multiplier,
+            expected_batch_size=config.expected_batch_size,
+            optimizer=optimizer,
+            generator=noise_generator,
+        )
+    trained = {name: p.detach().to(initial[name].dtype).contiguous() for name, p in params.items()}
+    return TrainResult(trained, config.steps, empty, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_program(path: str) -> tuple[torch.export.ExportedProgram, torch.nn.Module]:
+    """Load the exported program and its module; raise DPRefused with every violation.
+
+    The archive is checked before torch.export.load sees it (see `check_archive`),
+    and the graph before the module is built or run.
+    """
+    problems = check_archive(path)
+    if problems:
+        raise DPRefused(problems)
+    program = torch.export.load(path)
+    violations = check_program(program)
+    if violations:
+        raise DPRefused(violations)
+    module = program.module()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.requires_grad_(False)
+            p.fill_(math.nan)  # the provider's values are never used; a stray read shows as NaN
+    return program, module
+
+
+def _load_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    with np.load(str(protocol.DATA / "train.npz"), allow_pickle=False) as data:
+        x = np.ascontiguousarray(data["x"], dtype=np.float32)
+        y = np.ascontiguousarray(data["y"], dtype=np.int64)
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+
+def main() -> None:
+    from safetensors.torch import save_file
+
+    try:
+        config = DPConfig.from_json((protocol.WORK / "dp_config.json").read_bytes())
+        device = select_device(config.device, torch.cuda.is_available())
+        try:
+            program, module = load_program(str(protocol.WORK / "model.pt2"))
+        except DPRefused:
+            raise
+        except Exception as error:
+            raise DPRefused([f"the exported program does not load: {error}"]) from error
+        module.to(device)
+        x, y = _load_data(device)
+        initial = platform_init(parameter_shapes(program), make_generator(device), device)
+        del program  # the provider's initial weights go no further
+        result = train(
+            module,
+            initial,
+            x,
+            y,
+            config,
+            sample_generator=make_generator(device),
+            noise_generator=make_generator(device),
+        )
+    except DPRefused as refused:
+        protocol.fail(
+            protocol.EXIT_INVALID, "DP retraining refused: " + "; ".join(refused.violations)
+        )
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        # e.g. an operator without a vmap rule, or a random op (vmap randomness="error")
+        protocol.fail(
+            protocol.EXIT_INVALID,
+            f"DP training failed: {type(error).__name__}: {str(error)[:300]}",
+        )
+    protocol.OUTPUT.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.cpu() for k, v in result.params.items()}, str(protocol.OUTPUT / "model.safetensors")
+    )
+    report = {
+        "format": 1,
+        "steps": result.steps,
+        "sample_rate": config.sample_rate,
+        "expected_batch_size": config.expected_batch_size,
+        "n": config.n,
+        "noise_multiplier": config.noise_multiplier,
+        "clip": config.clip,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "device": device.type,
+        "init": "platform",
+    }
+    (protocol.OUTPUT / "dp.json").write_text(json.dumps(report, sort_keys=True))
+    print(f"DP-SGD ran {result.steps} steps on {device.type} in {result.seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

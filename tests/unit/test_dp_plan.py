@@ -1,0 +1,93 @@
+"""Planning DP retraining (sandbox.dp.plan): hints within bounds, q, steps, sigma, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sandbox.dp.accountant import spent
+from sandbox.dp.plan import DPSettings, Hints, check_dp_report, make_plan
+from sandbox.errors import InvalidInput
+from sandbox.guest.dp_train import DPConfig
+
+SETTINGS = DPSettings(
+    epsilon=3.0,
+    delta=1e-5,
+    accountant="rdp",
+    clip=1.0,
+    epochs=(5, 40),
+    batch_size=(128, 1024),
+    lr=(1e-3, 0.1),
+    default_epochs=20,
+    default_batch_size=256,
+    default_lr=0.01,
+)
+
+
+def test_hints_inside_the_bounds_are_used() -> None:
+    plan = make_plan(SETTINGS, Hints(epochs=10, batch_size=512, lr=0.02), n=2048)
+    assert (plan.epochs, plan.lr, plan.notes) == (10, 0.02, ())
+    assert plan.sample_rate == 0.25 and plan.expected_batch_size == 512
+    assert plan.steps == 40  # epochs / q
+    assert plan.epsilon == spent(plan.noise_multiplier, 0.25, 40, 1e-5, "rdp")
+    assert 2.95 <= plan.epsilon <= 3.0
+
+
+def test_out_of_bounds_hints_are_clamped_and_noted() -> None:
+    plan = make_plan(SETTINGS, Hints(epochs=1000, batch_size=64, lr=3e-3), n=1437)
+    assert plan.epochs == 40 and plan.expected_batch_size == pytest.approx(128)
+    assert plan.lr == 3e-3  # inside the bounds: kept
+    assert len(plan.notes) == 2 and "epochs = 1000 clamped to 40" in plan.notes[0]
+
+
+def test_rejecting_mode_names_the_hint() -> None:
+    strict = DPSettings(**{**SETTINGS.__dict__, "hints": "reject"})
+    with pytest.raises(InvalidInput, match="batch_size = 64 is outside"):
+        make_plan(strict, Hints(batch_size=64), n=1437)
+
+
+def test_defaults_without_hints_and_small_datasets() -> None:
+    plan = make_plan(SETTINGS, Hints.from_mapping({}), n=100)
+    assert plan.sample_rate == 1.0 and plan.steps == 20
+    assert any("exceeds the 100 training examples" in note for note in plan.notes)
+    assert Hints.from_mapping({"epochs": 3, "lr": 0.5}) == Hints(epochs=3, batch_size=None, lr=0.5)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(InvalidInput, match="epsilon must be finite"):
+        DPSettings(epsilon=float("inf"), delta=1e-5)
+    with pytest.raises(InvalidInput, match="batch_size"):
+        DPSettings(epsilon=1.0, delta=1e-5, batch_size=(512, 128))
+    with pytest.raises(InvalidInput):
+        make_plan(SETTINGS, Hints(), n=0)
+    with pytest.raises(InvalidInput, match="not below 1/n"):
+        make_plan(DPSettings(epsilon=1.0, delta=1e-3), Hints(), n=1000)
+
+
+def test_config_round_trips_into_the_guest_and_reports_are_checked() -> None:
+    plan = make_plan(SETTINGS, Hints(batch_size=300), n=1437)
+    config = DPConfig.from_json(plan.to_json())
+    assert config.steps == plan.steps and config.noise_multiplier == plan.noise_multiplier
+    assert config.expected_batch_size == plan.expected_batch_size
+    report = {
+        "format": 1,
+        "steps": plan.steps,
+        "sample_rate": plan.sample_rate,
+        "n": plan.n,
+        "noise_multiplier": plan.noise_multiplier,
+        "clip": plan.clip,
+        "expected_batch_size": plan.expected_batch_size,
+        "init": "platform",
+    }
+    assert check_dp_report(plan, json.dumps(report).encode())["steps"] == plan.steps
+    for change, needle in [
+        ({"steps": plan.steps - 1}, "steps"),
+        ({"noise_multiplier": plan.noise_multiplier / 2}, "noise_multiplier"),
+        ({"init": "provider"}, "initialisation"),
+        ({"steps": True}, "steps"),
+    ]:
+        with pytest.raises(InvalidInput, match=needle):
+            check_dp_report(plan, json.dumps({**report, **change}).encode())
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        check_dp_report(plan, b"{")
