@@ -51,7 +51,7 @@ from sandbox.runner.gpu import GpuPool
 from sandbox.runner.workspace import JobWorkspace, sweep_stale
 from sandbox.service.executor import Executor
 from sandbox.service.state import StateDir
-from sandbox.service.validate import validate_dataset
+from sandbox.service.validate import DatasetCheck
 from sandbox.store import (
     Algorithm,
     ApprovalState,
@@ -290,15 +290,19 @@ class Platform:
 
     # ------------------------------------------------------------ uploads
 
-    def _receive(
-        self, header: UploadHeader, chunks: Iterable[bytes], dest: Path, limit: int
-    ) -> None:
+    @staticmethod
+    def _check_declared(header: UploadHeader, limit: int) -> None:
         if header.size > limit:
             raise LimitExceeded(
                 f"the upload declares {header.size} bytes, over the server's limit of "
                 f"{limit} bytes"
             )
         check_sha256(header.sha256, "the upload's sha256")
+
+    def _receive(
+        self, header: UploadHeader, chunks: Iterable[bytes], dest: Path, limit: int
+    ) -> None:
+        self._check_declared(header, limit)
         digest = hashlib.sha256()
         received = 0
         fd = _private_file(dest)
@@ -328,21 +332,25 @@ class Platform:
     def upload_dataset(
         self, who: Identity, header: UploadHeader, chunks: Iterable[bytes]
     ) -> Dataset:
+        """Receive, then validate (child process) while encrypting into the blob store."""
         self._require(who, Role.DATA_OWNER)
         check_text(header.name, "dataset name")
         dataset_id = new_id("ds")
-        blob: str | None = None
+        self._check_declared(header, self.limits.max_dataset_bytes)
         with self._upload_space() as space:
-            plain = space.path / "dataset.npz"
+            # plaintext only in a private, size-capped tmpfs: never on disk
+            plain = space.tmpfs("plain", header.size // MiB + 2, mode=0o700) / "dataset.npz"
             self._receive(header, chunks, plain, self.limits.max_dataset_bytes)
-            summary = validate_dataset(plain, self.limits.max_dataset_bytes)
-            sealed = space.path / "dataset.enc"
-            with open(plain, "rb") as src, os.fdopen(_private_file(sealed), "wb") as dst:
-                info = encrypt_stream(src, dst, dataset_id, self.master)
-            plain.unlink()
+            check = DatasetCheck(plain, self.limits.max_dataset_bytes)
+            blob: str | None = None
             try:
-                with open(sealed, "rb") as src:
-                    blob = self.blobs.put_stream(src, max_bytes=1 << 62).sha256
+                with (
+                    open(plain, "rb") as src,
+                    self.blobs.writer(max_bytes=self.limits.max_dataset_bytes * 2) as sealed,
+                ):
+                    info = encrypt_stream(src, sealed, dataset_id, self.master)  # type: ignore[arg-type]
+                    blob = sealed.commit().sha256
+                summary = check.result()
                 return self.store.add_dataset(
                     id=dataset_id,
                     owner=who.party,
@@ -354,6 +362,7 @@ class Platform:
                     input_shape=summary.input_shape,
                 )
             except BaseException:
+                check.kill()
                 if blob is not None:
                     self.blobs.delete(blob)  # sealed under a fresh key: never shared
                 raise

@@ -30,24 +30,46 @@ class DatasetSummary:
     input_shape: tuple[int, ...]
 
 
+class DatasetCheck:
+    """A validation running in a child process; `result()` waits for its verdict.
+
+    Started as soon as the upload is complete, so it runs while the server encrypts
+    and stores the same bytes (a second core does the checking).
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "sandbox.service.validate", str(path), str(max_bytes)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def result(self, timeout_s: float = 600) -> DatasetSummary:
+        """Raise the catalog error the checks found (its message names the problem)."""
+        try:
+            stdout, _ = self._process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise LimitExceeded("validating the dataset took too long") from None
+        try:
+            answer = json.loads(stdout)
+        except ValueError:
+            raise InvalidInput("the dataset could not be validated (the checker crashed)") from None
+        if not answer.get("ok"):
+            cls = _CODES.get(answer.get("code", ""), InvalidInput)
+            raise cls(str(answer.get("message", "the dataset is invalid")))
+        return DatasetSummary(
+            int(answer["examples"]), int(answer["num_classes"]), tuple(answer["input_shape"])
+        )
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+
+
 def validate_dataset(path: Path, max_bytes: int, timeout_s: float = 600) -> DatasetSummary:
-    """Raise the catalog error the checks found (message names the problem)."""
-    result = subprocess.run(
-        [sys.executable, "-P", "-m", "sandbox.service.validate", str(path), str(max_bytes)],
-        capture_output=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    try:
-        answer = json.loads(result.stdout)
-    except ValueError:
-        raise InvalidInput("the dataset could not be validated (the checker crashed)") from None
-    if not answer.get("ok"):
-        cls = _CODES.get(answer.get("code", ""), InvalidInput)
-        raise cls(str(answer.get("message", "the dataset is invalid")))
-    return DatasetSummary(
-        int(answer["examples"]), int(answer["num_classes"]), tuple(answer["input_shape"])
-    )
+    return DatasetCheck(path, max_bytes).result(timeout_s)
 
 
 def _main(argv: list[str]) -> int:

@@ -108,50 +108,21 @@ class BlobStore:
         Raises LimitExceeded past `max_bytes` and InvalidInput when the content's digest
         is not `expected_sha256`; in both cases nothing is left behind.
         """
-        if max_bytes < 0:
-            raise InvalidInput(f"max_bytes must be >= 0, got {max_bytes}")
         if expected_sha256 is not None:
             check_digest(expected_sha256, "expected sha256")
-        fd, temp = self._new_temp()
-        try:
-            digest = hashlib.sha256()
-            size = 0
+        with self.writer(max_bytes=max_bytes) as writer:
             while data := src.read(READ_BYTES):
-                size += len(data)
-                if size > max_bytes:
-                    raise LimitExceeded(
-                        f"blob is larger than the limit of {max_bytes} bytes; send a smaller "
-                        "file or raise the limit in the server configuration"
-                    )
-                digest.update(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            sha256 = digest.hexdigest()
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                raise InvalidInput(
-                    f"blob content has sha256 {sha256}, not the expected {expected_sha256}: "
-                    "it was corrupted or changed in transit; send it again"
-                )
-            os.fsync(fd)
-            final = self._path(sha256)
-            created_dir = False
-            try:
-                final.parent.mkdir(mode=0o700)
-                created_dir = True
-            except FileExistsError:
-                pass
-            os.replace(temp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-            raise
-        finally:
-            os.close(fd)
-        _fsync_dir(final.parent)
-        if created_dir:
-            _fsync_dir(self.root)
-        return BlobRef(sha256=sha256, size=size)
+                writer.write(data)
+            return writer.commit(expected_sha256)
+
+    def writer(self, *, max_bytes: int) -> BlobWriter:
+        """A blob written piece by piece (e.g. by an encryptor): `write`, then `commit`.
+
+        Leaving the `with` block without a commit removes the temp file.
+        """
+        if max_bytes < 0:
+            raise InvalidInput(f"max_bytes must be >= 0, got {max_bytes}")
+        return BlobWriter(self, max_bytes)
 
     def open(self, sha256: str) -> BinaryIO:
         """Open the blob for reading (binary); NotFound if it is not stored."""
@@ -217,3 +188,71 @@ class BlobStore:
         if removed:
             _fsync_dir(self.root)
         return sorted(removed)
+
+
+class BlobWriter:
+    """One blob being written into a locked temp file; see `BlobStore.writer`."""
+
+    def __init__(self, store: BlobStore, max_bytes: int) -> None:
+        self._store = store
+        self._max = max_bytes
+        self._fd, self._temp = store._new_temp()
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._open = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if not self._open:
+            raise ValueError("write to a committed or aborted blob")
+        self.size += len(data)
+        if self.size > self._max:
+            raise LimitExceeded(
+                f"blob is larger than the limit of {self._max} bytes; send a smaller "
+                "file or raise the limit in the server configuration"
+            )
+        self._digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return len(data)
+
+    def commit(self, expected_sha256: str | None = None) -> BlobRef:
+        """fsync, rename into place, fsync the directories; the blob now exists."""
+        try:
+            sha256 = self._digest.hexdigest()
+            if expected_sha256 is not None and sha256 != expected_sha256:
+                raise InvalidInput(
+                    f"blob content has sha256 {sha256}, not the expected {expected_sha256}: "
+                    "it was corrupted or changed in transit; send it again"
+                )
+            os.fsync(self._fd)
+            final = self._store._path(sha256)
+            created_dir = False
+            try:
+                final.parent.mkdir(mode=0o700)
+                created_dir = True
+            except FileExistsError:
+                pass
+            os.replace(self._temp, final)
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        os.close(self._fd)
+        _fsync_dir(final.parent)
+        if created_dir:
+            _fsync_dir(self._store.root)
+        return BlobRef(sha256=sha256, size=self.size)
+
+    def abort(self) -> None:
+        if self._open:
+            self._open = False
+            with contextlib.suppress(FileNotFoundError):
+                self._temp.unlink()
+            os.close(self._fd)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()

@@ -40,10 +40,13 @@ class Env:
 
     def client(self, name: str) -> Client:
         if name not in self.clients:
-            config = load_config(self.configs[name])
-            config = replace(config, address=f"127.0.0.1:{self.server.port}")
-            self.clients[name] = Client(config, progress=False)
+            self.clients[name] = self.new_client(name)
         return self.clients[name]
+
+    def new_client(self, name: str) -> Client:
+        """A client with its own channel (its own TLS connection)."""
+        config = load_config(self.configs[name])
+        return Client(replace(config, address=f"127.0.0.1:{self.server.port}"), progress=False)
 
     def restart(self, executor: FakeExecutor | None = None) -> None:
         for client in self.clients.values():
