@@ -67,6 +67,7 @@ def run_demo(policy: str, out: Path | None, *, show: bool) -> dict[str, Any]:
                     "dataset_id": dataset.id,
                     "algorithm_id": algorithm.id,
                     "policy": policy,
+                    "report": report,  # the data owner's full report
                 }
                 keep = out or root / "out"
                 keep.mkdir(parents=True, exist_ok=True)

@@ -347,23 +347,37 @@ def test_policy_validate_good_file(tmp_path: Path, work_root: Path) -> None:
 def test_demo_json_releases(
     tmp_path: Path, work_root: Path, runtime_image: str, docker_client: docker.DockerClient
 ) -> None:
+    """The demo: a server on port 0 with fresh certificates, owner and provider over
+    mTLS, a real job in Docker, the model downloaded and checked against the release."""
     temp = tmp_path / "tmp"  # the demo keeps its results in a fresh temporary directory
     temp.mkdir()
     result = sandbox("demo", "--json", work_root=work_root, TMPDIR=str(temp))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    report = single_json(result.stdout)
-    assert report["decision"] == "released", report["reasons"]
+    summary = single_json(result.stdout)
+    assert summary["decision"] == "released", summary["reasons"]
+    assert summary["verified"] is True
+    assert 0.90 <= summary["accuracy"] <= 1.00
+    report = summary["report"]
     assert report["policy"]["name"] == "default"
     assert report["dataset"]["n_train"] + report["dataset"]["n_holdout"] == 1797
-    assert 0.90 <= report["utility"]["released_accuracy"] <= 1.00
-    assert report["model"]["sha256"]
-    assert_nothing_left(work_root, docker_client, report["job_id"])
+    assert report["model"]["sha256"] == summary["model_sha256"]
+    assert summary["job_id"].startswith("job_")
     kept = [p for p in temp.rglob("model.safetensors") if p.parent.name == "out"]
     assert len(kept) == 1, list(temp.rglob("*"))
-    assert hashlib.sha256(kept[0].read_bytes()).hexdigest() == report["model"]["sha256"]
+    assert hashlib.sha256(kept[0].read_bytes()).hexdigest() == summary["model_sha256"]
     assert json.loads((kept[0].parent / "report.json").read_text()) == report
+    assert (kept[0].parent / "attestation.json").exists()
     assert not list(temp.rglob("*.npz"))  # the generated dataset does not outlive the demo
+    assert not [
+        d for d in temp.iterdir() if d.name.startswith("sandbox-demo-") and (d / "state").exists()
+    ]  # the demo's state directory (keys, blobs) is gone
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"sandbox.job={summary['job_id']}"}
+    )
+    assert left == []
+    with open("/proc/self/mounts") as mounts:
+        assert not [line for line in mounts if str(temp) in line]
 
 
 # --------------------------------------------------------------------------- interruption
