@@ -69,8 +69,13 @@ class RunningServer:
     platform: Platform
     port: int
     health: health.HealthServicer
+    stopped: bool = False
 
     def stop(self, grace_s: float = 1.0) -> None:
+        """Stop serving, then close the audit log and the store; safe to call twice."""
+        if self.stopped:
+            return
+        self.stopped = True
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.platform.stop()

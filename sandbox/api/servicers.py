@@ -269,5 +269,5 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
 
     @streaming
     def ReadAuditLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for line in self.platform.read_audit_log(request.after_seq, request.limit):
+        for line in self.platform.read_audit_log(request.from_seq, request.limit):
             yield audit_pb2.AuditEntry(json=line)

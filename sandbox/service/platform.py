@@ -35,7 +35,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sandbox.api.pki import Identity
-from sandbox.audit import key_id, public_key_pem
+from sandbox.audit import AuditLog, key_id, public_key_pem
 from sandbox.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -204,6 +204,13 @@ class Platform:
         self._stopping = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._parties: dict[str, Role] = {}
+        self._audit_log = AuditLog(state.audit_log, signing_key)
+
+    def _audit(self, kind: str, who: Identity, subject: dict[str, str], **data: object) -> None:
+        """Every party's action that changes something goes to the hash-chained log."""
+        self._audit_log.append(
+            kind, actor=f"{who.role.value}:{who.party}", subject=subject, data=data
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -220,6 +227,7 @@ class Platform:
         self._notify()
         if self._scheduler is not None:
             self._scheduler.join(timeout_s)
+        self._audit_log.close()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """True once no job runs (tests and the demo)."""
@@ -351,7 +359,7 @@ class Platform:
                     info = encrypt_stream(src, sealed, dataset_id, self.master)  # type: ignore[arg-type]
                     blob = sealed.commit().sha256
                 summary = check.result()
-                return self.store.add_dataset(
+                dataset = self.store.add_dataset(
                     id=dataset_id,
                     owner=who.party,
                     name=header.name,
@@ -366,6 +374,14 @@ class Platform:
                 if blob is not None:
                     self.blobs.delete(blob)  # sealed under a fresh key: never shared
                 raise
+        self._audit(
+            "upload",
+            who,
+            {"dataset": dataset.id},
+            plaintext_sha256=dataset.plaintext_sha256,
+            bytes=dataset.size,
+        )
+        return dataset
 
     def upload_algorithm(
         self, who: Identity, header: UploadHeader, chunks: Iterable[bytes]
@@ -388,7 +404,7 @@ class Platform:
                     src, max_bytes=self.limits.max_algorithm_bytes, expected_sha256=header.sha256
                 )
             try:
-                return self.store.add_algorithm(
+                algorithm = self.store.add_algorithm(
                     id=new_id("alg"),
                     provider=who.party,
                     name=package.name[:200],
@@ -399,6 +415,14 @@ class Platform:
                 if not existed:
                     self.blobs.delete(ref.sha256)
                 raise
+        self._audit(
+            "upload",
+            who,
+            {"algorithm": algorithm.id},
+            archive_sha256=ref.sha256,
+            package_sha256=package.sha256,
+        )
+        return algorithm
 
     # ------------------------------------------------------------ reads
 
@@ -592,6 +616,16 @@ class Platform:
         )
         if job.approval.state is ApprovalState.PENDING and who.party == dataset.owner:
             job = self.store.record_approval(job.id, by=who.party, approved=True)
+        self._audit(
+            "job_step",
+            who,
+            {"job": job.id},
+            step="submitted",
+            dataset=dataset.id,
+            algorithm=algorithm.id,
+            policy=policy.name,
+            approval=job.approval.state.value,
+        )
         self._notify()
         return self._view(job, self._access(who, job))
 
@@ -600,6 +634,7 @@ class Platform:
         if access != "owner":
             raise NotFound(f"no job {job_id}")
         job = self.store.record_approval(job_id, by=who.party, approved=approved)
+        self._audit("approval", who, {"job": job_id}, approved=approved)
         if not approved:
             with contextlib.suppress(SandboxError):
                 job = self.store.transition(
@@ -627,6 +662,7 @@ class Platform:
             except FailedPrecondition:
                 continue  # it moved on under us: try again from its new state
         self.executor.stop(job_id)
+        self._audit("job_step", who, {"job": job_id}, step="cancelled")
         self._notify()
         return self._view(job, access)
 
@@ -801,6 +837,7 @@ class Platform:
     def open_model(self, who: Identity, job_id: str) -> tuple[ReleaseView, Iterator[bytes]]:
         release = self.get_release(who, job_id)
         handle = self.blobs.open(release.model_sha256)
+        self._audit("download", who, {"job": job_id}, model_sha256=release.model_sha256)
 
         def chunks() -> Iterator[bytes]:
             with handle:
@@ -859,7 +896,7 @@ class Platform:
     def public_key(self) -> tuple[str, str]:
         return public_key_pem(self.signing_key).decode(), key_id(self.signing_key)
 
-    def read_audit_log(self, after_seq: int, limit: int) -> Iterator[str]:
+    def read_audit_log(self, from_seq: int, limit: int) -> Iterator[str]:
         limit = min(limit or 1000, 10000)
         sent = 0
         try:
@@ -874,7 +911,7 @@ class Platform:
                     seq = int(json.loads(line).get("seq", 0))
                 except (ValueError, AttributeError):
                     continue
-                if seq > after_seq:
+                if seq >= from_seq:
                     sent += 1
                     yield line.rstrip("\n")
 

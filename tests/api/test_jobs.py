@@ -259,3 +259,29 @@ def test_watch_streams_each_state_to_the_owner(env: Env, tmp_path: Path) -> None
     assert states[-1] == "done"
     assert states == sorted(set(states), key=states.index)  # each state once, in order
     _ = FakeExecutor
+
+
+def test_actions_are_audited_and_the_log_verifies(env: Env, tmp_path: Path) -> None:
+    from sandbox.api.gen.sandbox.v1 import audit_pb2
+    from sandbox.audit import load_public_key, verify_log
+
+    dataset, algorithm = _setup(env, tmp_path)
+    job = env.client("bob").submit(dataset, algorithm, "default")
+    env.client("alice").approve(job.id)
+    _finished(env, "bob", job.id)
+    env.client("bob").download_model(job.id, tmp_path / "m.safetensors")
+    entries = [
+        json.loads(e.json)
+        for e in env.client("sam").audit.ReadAuditLog(audit_pb2.ReadAuditLogRequest())
+    ]
+    kinds = [(e["kind"], e["actor"]) for e in entries if e["kind"] != "checkpoint"]
+    assert kinds == [
+        ("upload", "data_owner:alice"),
+        ("upload", "provider:bob"),
+        ("job_step", "provider:bob"),
+        ("approval", "data_owner:alice"),
+        ("download", "provider:bob"),
+    ]
+    env.server.stop()  # closes the log with a signed checkpoint
+    result = verify_log(env.state / "audit.jsonl", load_public_key(env.state / "signing.pub"))
+    assert result.ok, result.summary()

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.api.gen.sandbox.v1 import algorithm_pb2, dataset_pb2, job_pb2, policy_pb2
-from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
 from sandbox.client.connection import Client
+from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
 from tests.api.conftest import Env
 
 CLIENTS = 20

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandbox/v1/audit.proto\x12\nsandbox.v1\"\x15\n\x13GetPublicKeyRequest\"(\n\tPublicKey\x12\x0b\n\x03pem\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"7\n\x13ReadAuditLogRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\x1a\n\nAuditEntry\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa1\x01\n\x0c\x41uditService\x12\x46\n\x0cGetPublicKey\x12\x1f.sandbox.v1.GetPublicKeyRequest\x1a\x15.sandbox.v1.PublicKey\x12I\n\x0cReadAuditLog\x12\x1f.sandbox.v1.ReadAuditLogRequest\x1a\x16.sandbox.v1.AuditEntry0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandbox/v1/audit.proto\x12\nsandbox.v1\"\x15\n\x13GetPublicKeyRequest\"(\n\tPublicKey\x12\x0b\n\x03pem\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"6\n\x13ReadAuditLogRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\x1a\n\nAuditEntry\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa1\x01\n\x0c\x41uditService\x12\x46\n\x0cGetPublicKey\x12\x1f.sandbox.v1.GetPublicKeyRequest\x1a\x15.sandbox.v1.PublicKey\x12I\n\x0cReadAuditLog\x12\x1f.sandbox.v1.ReadAuditLogRequest\x1a\x16.sandbox.v1.AuditEntry0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLICKEY']._serialized_start=61
   _globals['_PUBLICKEY']._serialized_end=101
   _globals['_READAUDITLOGREQUEST']._serialized_start=103
-  _globals['_READAUDITLOGREQUEST']._serialized_end=158
-  _globals['_AUDITENTRY']._serialized_start=160
-  _globals['_AUDITENTRY']._serialized_end=186
-  _globals['_AUDITSERVICE']._serialized_start=189
-  _globals['_AUDITSERVICE']._serialized_end=350
+  _globals['_READAUDITLOGREQUEST']._serialized_end=157
+  _globals['_AUDITENTRY']._serialized_start=159
+  _globals['_AUDITENTRY']._serialized_end=185
+  _globals['_AUDITSERVICE']._serialized_start=188
+  _globals['_AUDITSERVICE']._serialized_end=349
 # @@protoc_insertion_point(module_scope)

@@ -17,12 +17,12 @@ class PublicKey(_message.Message):
     def __init__(self, pem: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ReadAuditLogRequest(_message.Message):
-    __slots__ = ("after_seq", "limit")
-    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("from_seq", "limit")
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
-    after_seq: int
+    from_seq: int
     limit: int
-    def __init__(self, after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, from_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("json",)
