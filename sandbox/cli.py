@@ -46,8 +46,9 @@ def _run_job(
 def _summary(report: dict[str, Any], out: Path) -> str:
     lines = [f"decision: {report['decision']}"]
     lines += [f"  - {reason}" for reason in report["reasons"]]
-    if report.get("utility"):
-        lines.append(f"holdout accuracy: {report['utility']['released_accuracy']:.4f}")
+    released = (report.get("utility") or {}).get("released_accuracy")
+    if released is not None:
+        lines.append(f"holdout accuracy: {released:.4f}")
     if report.get("model"):
         lines.append(f"model: {out / 'model.safetensors'} sha256 {report['model']['sha256']}")
     lines.append(f"report: {out / 'report.json'} (container logs: {out / 'owner' / 'logs.txt'})")

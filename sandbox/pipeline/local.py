@@ -1,9 +1,11 @@
-"""The local pipeline of one job: prepare, architecture, train, gate, utility, release.
+"""The pipeline of one job, end to end, without a server.
 
-Pipeline steps 1-3 and 7 of DESIGN.md section 3, without a server. Every
+prepare -> architecture -> train -> gate -> utility -> [dp-retrain] -> decide ->
+(hold until the fixed release time) -> release. DESIGN.md section 3. Every
 container is removed and every plaintext file and tmpfs mount is gone when
 `run_local` returns or raises, whatever happened. A step that fails ends the job
-as `rejected` with a reason; bad inputs are refused before any container starts.
+as `rejected` with a reason; bad inputs, and jobs the privacy budget cannot pay
+for, are refused before any container starts.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,236 +28,50 @@ from sandbox.audit import (
     sha256_file,
     utc_now,
 )
+from sandbox.audit.keys import default_home
+from sandbox.dp import BudgetLedger, SqliteBudgetLedger
 from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
-from sandbox.gate import GateViolation, TensorSpec, gate_output
-from sandbox.pipeline import containers
-from sandbox.pipeline.algorithm import AlgorithmPackage, unpack_algorithm
-from sandbox.pipeline.architecture import Architecture, parse_architecture
-from sandbox.pipeline.dataset import (
-    Dataset,
-    check_compatible,
-    load_dataset,
-    split_holdout,
-    write_npz,
-)
+from sandbox.gate import GateViolation
+from sandbox.pipeline import steps
+from sandbox.pipeline.context import JobContext, Progress, StepFailed
+from sandbox.pipeline.dp_step import Budgeting, dp_retrain
 from sandbox.pipeline.report import Report, write_atomic
+from sandbox.policy.decide import DecisionRules, StepResults, decide, needs_dp
 from sandbox.policy.load import policy_hash
 from sandbox.policy.model import Policy
-from sandbox.runner.base import BindMount, ContainerSpec, Runner, run_container
+from sandbox.runner.base import Runner
 from sandbox.runner.workspace import JobWorkspace, default_root, sweep_stale
 
-MB = 1024 * 1024
-Progress = Callable[[str, str], None]
 
-
-class StepFailed(Exception):
-    """A container step failed; the job ends `rejected` with this reason."""
-
-
-@dataclass
-class JobContext:
-    """What the steps of one job share."""
-
-    job_id: str
-    policy: Policy
-    runner: Runner
-    image: str
-    workspace: JobWorkspace
-    report: Report
-    progress: Progress
-    logs: list[tuple[str, bytes]] = field(default_factory=list)
-    gpu_device: str | None = None
-
-    def run(self, spec: ContainerSpec) -> None:
-        """Run one container; record its logs for the owner; raise StepFailed on failure."""
-        result = run_container(self.runner, spec)
-        self.logs.append((spec.step, result.logs))
-        reason = containers.failure_reason(spec.step, result, self.policy)
-        if reason is not None:
-            raise StepFailed(reason)
-
-    @contextmanager
-    def timed(self, step: str, message: str) -> Iterator[None]:
-        self.progress(step, message)
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.report.timings[step] = round(time.monotonic() - start, 3)
-
-
-def _read_small(path: Path, limit: int) -> bytes:
-    """Read a file a container wrote: regular file, no links, bounded size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        stat = os.fstat(handle.fileno())
-        if not (stat.st_mode & 0o170000 == 0o100000) or stat.st_size > limit:
-            raise StepFailed(
-                f"{path.name} from the container is not a regular file of <= {limit} B"
-            )
-        return handle.read(limit + 1)[:limit]
-
-
-def _expect_only(directory: Path, allowed: set[str], step: str) -> None:
-    found = {entry.name for entry in os.scandir(directory)}
-    extra, missing = sorted(found - allowed), sorted(allowed - found)
-    if extra or missing:
-        raise StepFailed(f"{step}: unexpected outputs {extra[:10]}, missing {missing}")
-
-
-def _prepare(
-    ctx: JobContext, algorithm: Path, dataset: Path, holdout: Path | None
-) -> tuple[AlgorithmPackage, Dataset, Dataset]:
-    policy = ctx.policy
-    full = load_dataset(dataset, max_bytes=policy.max_dataset_mb * MB)
-    if holdout is None:
-        train, test = split_holdout(full, policy.holdout_fraction, policy.holdout_seed)
-        source = f"split ({policy.holdout_fraction:.2f}, seed {policy.holdout_seed})"
-    else:
-        train, test = full, load_dataset(holdout, max_bytes=policy.max_dataset_mb * MB)
-        check_compatible(test, train)
-        source = "file"
-    ws = ctx.workspace
-    data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
-    write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
-    test_mb = test.x.nbytes // MB + test.y.nbytes // MB + 2
-    write_npz(test, ws.tmpfs("holdout", test_mb) / "holdout.npz")
-    package = unpack_algorithm(algorithm, ws.tmpfs("algorithm", 64) / "pkg")
-    ws.tmpfs("work", policy.limits.output_mb * 4 + 64)
-    ctx.report.algorithm = {
-        "name": package.name,
-        "version": package.version,
-        "sha256": package.sha256,
+def _release(ctx: JobContext, model: Path, out_dir: Path) -> None:
+    """Step 7: the chosen model (provider's, sanitized or DP) becomes model.safetensors."""
+    shutil.copyfile(model, out_dir / "model.safetensors")
+    ctx.report.model = {
+        "sha256": sha256_file(out_dir / "model.safetensors"),
+        "bytes": os.path.getsize(out_dir / "model.safetensors"),
+        "path": "model.safetensors",
+        "source": model.stem,
     }
-    ctx.report.dataset = {
-        "n_train": len(train.y),
-        "n_holdout": len(test.y),
-        "num_classes": train.num_classes,
-        "input_shape": list(train.input_shape),
-        "holdout": source,
-    }
-    return package, train, test
 
 
-def _architecture(ctx: JobContext, package: AlgorithmPackage, train: Dataset) -> Architecture:
-    """Step 1: export in a container without data, describe in one without provider code."""
-    ws, policy = ctx.workspace, ctx.policy
-    shape_env = {
-        "SANDBOX_INPUT_SHAPE": json.dumps(list(train.input_shape)),
-        "SANDBOX_NUM_CLASSES": str(train.num_classes),
-    }
-    out = ws.output_dir("export", policy.limits.output_mb * 2 + 16)
-    ctx.run(
-        containers.guest_spec(
-            policy,
-            job_id=ctx.job_id,
-            step="export",
-            image=ctx.image,
-            module="export",
-            mounts=[BindMount(package.root, "/algorithm"), BindMount(out, "/output", False)],
-            env=shape_env,
+def _hold_until_release_time(ctx: JobContext, started: float) -> None:
+    """With a fixed release time, every outcome appears exactly then: timing carries nothing.
+
+    A job that is still running at that time is rejected (it would otherwise leak
+    its duration by appearing late).
+    """
+    delay = ctx.policy.release.fixed_delay_seconds
+    if delay is None:
+        return
+    remaining = started + delay - time.monotonic()
+    if remaining < 0:
+        ctx.report.decision = "rejected"
+        ctx.report.reasons.append(
+            f"the job ran past the policy's fixed release time of {delay} s after submission"
         )
-    )
-    _expect_only(out, {"model.pt2", "init.safetensors"}, "export")
-    work = ws.path / "work"
-    program = _read_small(out / "model.pt2", policy.limits.output_mb * 2 * MB)
-    (work / "model.pt2").write_bytes(program)
-    os.chmod(work / "model.pt2", 0o444)
-
-    described = ws.output_dir("describe", 8)
-    ctx.run(
-        containers.guest_spec(
-            policy,
-            job_id=ctx.job_id,
-            step="describe",
-            image=ctx.image,
-            module="describe",
-            mounts=[BindMount(work, "/work"), BindMount(described, "/output", False)],
-            env=shape_env,
-        )
-    )
-    _expect_only(described, {"arch.json"}, "describe")
-    arch = parse_architecture(
-        _read_small(described / "arch.json", 4 * MB),
-        input_shape=train.input_shape,
-        num_classes=train.num_classes,
-        rules=policy.architecture,
-    )
-    ctx.report.architecture = arch.summary()
-    return arch
-
-
-def _train(ctx: JobContext, package: AlgorithmPackage) -> Path:
-    """Step 2: the provider's train.py with the training split, read-only."""
-    ws, policy = ctx.workspace, ctx.policy
-    out = ws.output_dir("train", policy.limits.output_mb)
-    ctx.run(
-        containers.guest_spec(
-            policy,
-            job_id=ctx.job_id,
-            step="train",
-            image=ctx.image,
-            module="train",
-            mounts=[
-                BindMount(package.root, "/algorithm"),
-                BindMount(ws.path / "data", "/data"),
-                BindMount(out, "/output", False),
-            ],
-            gpu_device=ctx.gpu_device,
-        )
-    )
-    return out
-
-
-def _gate(ctx: JobContext, out: Path, arch: Architecture) -> Path:
-    """Step 3: only the declared model leaves, canonically re-serialised."""
-    dest = ctx.workspace.path / "work" / "candidate.safetensors"
-    expected: dict[str, TensorSpec] = dict(arch.tensors)
-    result = gate_output(out, expected, ctx.policy.gate, dest)
-    os.chmod(dest, 0o444)  # trusted containers (evaluate) read it as the container user
-    ctx.report.gate = {"verdict": "pass", "notes": list(result.notes)}
-    ctx.report.model = {"sha256": result.sha256, "bytes": result.size}
-    return dest
-
-
-def _utility(ctx: JobContext, test: Dataset) -> float:
-    """Holdout accuracy of the candidate, computed by trusted code on the exported graph."""
-    ws, policy = ctx.workspace, ctx.policy
-    out = ws.output_dir("evaluate", 1)
-    ctx.run(
-        containers.guest_spec(
-            policy,
-            job_id=ctx.job_id,
-            step="evaluate",
-            image=ctx.image,
-            module="evaluate",
-            mounts=[
-                BindMount(ws.path / "work", "/work"),
-                BindMount(ws.path / "holdout", "/data"),
-                BindMount(out, "/output", False),
-            ],
-            args=["candidate"],
-        )
-    )
-    _expect_only(out, {"metrics.json"}, "evaluate")
-    try:
-        metrics = json.loads(_read_small(out / "metrics.json", 65536))
-        counts = metrics["results"]["candidate"]
-        correct, n = counts["correct"], counts["n"]
-        if not (isinstance(correct, int) and isinstance(n, int)):
-            raise TypeError("counts are not integers")
-    except (ValueError, KeyError, TypeError) as error:
-        raise StepFailed(f"evaluate: malformed metrics ({error})") from error
-    if not (n == len(test.y) and 0 <= correct <= n):
-        raise StepFailed("evaluate: metrics do not match the holdout")
-    return correct / n
-
-
-def _release(ctx: JobContext, candidate: Path, out_dir: Path) -> None:
-    shutil.copyfile(candidate, out_dir / "model.safetensors")
-    assert ctx.report.model is not None
-    ctx.report.model["path"] = "model.safetensors"
-    ctx.report.decision = "released"
+        return
+    ctx.progress("hold", f"holding the outcome until the fixed release time ({remaining:.0f} s)")
+    time.sleep(remaining)
 
 
 def _write_owner_logs(ctx: JobContext, out_dir: Path) -> None:
@@ -339,6 +152,80 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise InvalidInput(f"--out {out_dir} cannot be created: {error.strerror}") from error
 
 
+def _rules(policy: Policy) -> DecisionRules:
+    return DecisionRules(
+        dp_mode=policy.dp.mode,
+        utility_floor=policy.release.utility_floor,
+        max_sanitize_drop=policy.release.max_sanitize_drop,
+    )
+
+
+def _pipeline(
+    ctx: JobContext,
+    budgeting: Budgeting,
+    algorithm: Path,
+    dataset: Path,
+    holdout: Path | None,
+) -> tuple[StepResults, dict[str, Path]]:
+    """Every step after which a decision can be taken, and the models it could release."""
+    report = ctx.report
+    try:
+        with ctx.timed("prepare", "checking the dataset and the algorithm package"):
+            package, train, test = steps.prepare(ctx, algorithm, dataset, holdout)
+            budgeting.reserve(ctx.policy, package, train)
+    except SandboxError as bad_input:
+        report.reasons.append(bad_input.message)
+        raise
+    candidates: dict[str, Path] = {}
+    try:
+        with ctx.timed("architecture", "capturing the model with torch.export (no data)"):
+            arch = steps.architecture(ctx, package, train)
+        with ctx.timed("train", "running train.py in the sandbox"):
+            out = steps.train(ctx, package)
+        with ctx.timed("gate", "validating the output at the egress gate"):
+            candidates["candidate"] = steps.gate(ctx, out, arch)
+        with ctx.timed("utility", "measuring holdout accuracy"):
+            accuracy = steps.evaluate(ctx, test, ["candidate"], "evaluate")
+        report.utility = {
+            "holdout_n": len(test.y),
+            "candidate_accuracy": round(accuracy["candidate"], 6),
+        }
+        results = StepResults(candidate_accuracy=accuracy["candidate"])
+    except (StepFailed, GateViolation, InvalidInput) as failure:
+        if isinstance(failure, GateViolation):
+            report.gate = {"verdict": "fail", "reason": failure.message}
+        return StepResults(failure=getattr(failure, "message", None) or str(failure)), {}
+    if needs_dp(_rules(ctx.policy), results.checks):
+        try:
+            with ctx.timed("dp-retrain", "retraining the declared architecture with DP-SGD"):
+                candidates["dp"] = dp_retrain(ctx, budgeting, arch)
+                dp_accuracy = steps.evaluate(ctx, test, ["dp"], "evaluate-dp")["dp"]
+            report.utility["dp_accuracy"] = round(dp_accuracy, 6)
+            results = StepResults(
+                checks=results.checks,
+                candidate_accuracy=results.candidate_accuracy,
+                sanitized_accuracy=results.sanitized_accuracy,
+                dp_accuracy=dp_accuracy,
+            )
+        except (StepFailed, GateViolation, InvalidInput) as failure:
+            reason = getattr(failure, "message", None) or str(failure)
+            results = StepResults(
+                checks=results.checks,
+                candidate_accuracy=results.candidate_accuracy,
+                sanitized_accuracy=results.sanitized_accuracy,
+                dp_failure=reason,
+            )
+    return results, candidates
+
+
+_SOURCE = {"released": "candidate", "released_sanitized": "sanitized", "released_dp": "dp"}
+_ACCURACY = {
+    "released": "candidate_accuracy",
+    "released_sanitized": "sanitized_accuracy",
+    "released_dp": "dp_accuracy",
+}
+
+
 def run_local(
     algorithm: Path,
     dataset: Path,
@@ -354,15 +241,24 @@ def run_local(
     job_id: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     audit_path: Path | None = None,
+    ledger: BudgetLedger | None = None,
+    dataset_id: str | None = None,
 ) -> Report:
     """Run one job end to end; write the released model (if any), report.json, logs,
-    and for a release a signed attestation; every decision goes to the audit log."""
+    and for a release a signed attestation; every decision goes to the audit log.
+
+    `ledger`/`dataset_id` name the privacy budget to charge; by default a ledger in
+    $SANDBOX_HOME keyed by the dataset file's sha256.
+    """
     if policy.gpu and gpu_device is None:
         raise FailedPrecondition(f"policy {policy.name} grants a GPU but none was assigned")
     prepare_out_dir(out_dir)
     signing_key = signing_key or load_or_create_signing_key()  # fail before any container
     audit = AuditLog(audit_path or default_log_path(), signing_key)
+    own_ledger = ledger is None
+    ledger = ledger or SqliteBudgetLedger(default_home() / "ledger.db")
     submitted = utc_now()
+    started = time.monotonic()
     root = work_root or default_root()
     for stale in sweep_stale(root):
         runner.remove_job(stale)
@@ -375,51 +271,46 @@ def run_local(
         subject={"job": job_id},
         data={"step": "submitted", "policy": dict(report.policy)},
     )
-    with JobWorkspace(root, job_id) as workspace:
-        ctx = JobContext(job_id, policy, runner, image, workspace, report, say)
-        ctx.gpu_device = gpu_device
-        try:
+    try:
+        with JobWorkspace(root, job_id) as workspace:
+            ctx = JobContext(job_id, policy, runner, image, workspace, report, say)
+            ctx.gpu_device = gpu_device
+            budgeting = Budgeting(ledger, dataset_id or _dataset_key(dataset), job_id)
             try:
-                with ctx.timed("prepare", "checking the dataset and the algorithm package"):
-                    package, train, test = _prepare(ctx, algorithm, dataset, holdout)
-            except SandboxError as bad_input:
-                report.reasons.append(bad_input.message)
-                raise
-            try:
-                with ctx.timed("architecture", "capturing the model with torch.export (no data)"):
-                    arch = _architecture(ctx, package, train)
-                with ctx.timed("train", "running train.py in the sandbox"):
-                    out = _train(ctx, package)
-                with ctx.timed("gate", "validating the output at the egress gate"):
-                    candidate = _gate(ctx, out, arch)
-                with ctx.timed("utility", "measuring holdout accuracy"):
-                    accuracy = _utility(ctx, test)
-                ctx.report.utility = {
-                    "holdout_n": len(test.y),
-                    "candidate_accuracy": round(accuracy, 6),
-                    "released_accuracy": round(accuracy, 6),
-                }
-                with ctx.timed("release", "releasing the model"):
-                    _release(ctx, candidate, out_dir)
-            except (StepFailed, GateViolation, InvalidInput) as failure:
+                results, candidates = _pipeline(ctx, budgeting, algorithm, dataset, holdout)
+                outcome = decide(_rules(policy), results)
+                report.decision = outcome.decision
+                report.reasons.extend(outcome.reasons)
+                _hold_until_release_time(ctx, started)
+                if report.decision != "rejected":
+                    with ctx.timed("release", "releasing the model"):
+                        _release(ctx, candidates[_SOURCE[report.decision]], out_dir)
+                    key = _ACCURACY[report.decision]
+                    report.utility["released_accuracy"] = report.utility.get(key)
+            except BaseException as stopped:
+                if not report.reasons:
+                    report.reasons.append(_stop_reason(stopped))
                 report.decision = "rejected"
-                report.reasons.append(getattr(failure, "message", None) or str(failure))
-                report.model = None
-                if isinstance(failure, GateViolation):
-                    report.gate = {"verdict": "fail", "reason": failure.message}
-            if report.decision == "released":
-                report.reasons.append("the model passed the egress gate and was released")
-        except BaseException as stopped:
-            if not report.reasons:
-                report.reasons.append(_stop_reason(stopped))
-            raise
-        finally:
-            runner.remove_job(job_id)
-            _write_owner_logs(ctx, out_dir)
-            write_atomic(out_dir / "report.json", report.to_json().encode())
-            _record_outcome(report, out_dir, dataset, submitted, signing_key, audit)
+                raise
+            finally:
+                budgeting.settle(policy, report.decision)
+                runner.remove_job(job_id)
+                _write_owner_logs(ctx, out_dir)
+                write_atomic(out_dir / "report.json", report.to_json().encode())
+                _record_outcome(report, out_dir, dataset, submitted, signing_key, audit)
+    finally:
+        if own_ledger and isinstance(ledger, SqliteBudgetLedger):
+            ledger.close()
     say("done", f"decision: {report.decision}")
     return report
+
+
+def _dataset_key(dataset: Path) -> str:
+    """A local dataset's identity for its privacy budget: the file's sha256."""
+    try:
+        return "sha256:" + sha256_file(dataset)
+    except (OSError, SandboxError):  # prepare reports the missing file in the owner's words
+        return "missing:" + hashlib.sha256(str(dataset).encode()).hexdigest()
 
 
 def run_with_docker(

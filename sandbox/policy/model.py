@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -59,6 +59,55 @@ class Quotas(_Strict):
     jobs_per_dataset_per_day: int = Field(50, ge=0, le=100000)
 
 
+class DPRules(_Strict):
+    """Forced DP retraining of the declared architecture (sandbox.dp, guest dp_train)."""
+
+    mode: Literal["never", "on_suspicion", "always"] = "never"
+    epsilon: float = Field(3.0, gt=0, le=100)
+    delta: float = Field(1e-5, gt=0, le=1e-3, description="the planner also requires < 1/n")
+    accountant: Literal["prv", "rdp"] = "prv"
+    clip: float = Field(1.0, gt=0, le=1000)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: tuple[int, int] = (1, 100)
+    batch_size: tuple[int, int] = (16, 4096)
+    lr: tuple[float, float] = (1e-4, 2.0)
+    default_epochs: int = Field(30, ge=1, le=10000)
+    default_batch_size: int = Field(512, ge=1, le=1_000_000)
+    default_lr: float = Field(0.5, gt=0, le=10)
+    hints: Literal["clamp", "reject"] = "clamp"
+    chunk: int = Field(256, ge=1, le=65536)
+    budget_epsilon: float = Field(
+        10.0, gt=0, le=1000, description="total epsilon a dataset may spend (local runs)"
+    )
+    allow_non_dp_release: bool = True
+
+    @model_validator(mode="after")
+    def _defaults_inside_bounds(self) -> DPRules:
+        for name, (low, high), default in (
+            ("epochs", self.epochs, self.default_epochs),
+            ("batch_size", self.batch_size, self.default_batch_size),
+            ("lr", self.lr, self.default_lr),
+        ):
+            if not 0 < low <= default <= high:
+                raise ValueError(f"{name}: need 0 < low <= default_{name} <= high")
+        return self
+
+
+class ReleaseRules(_Strict):
+    """When an outcome becomes visible, and what the released model must achieve."""
+
+    fixed_delay_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=7 * 86400,
+        description="release every outcome exactly this long after submission (hides timing); "
+        "a job still running then is rejected",
+    )
+    utility_floor: float = Field(0.0, ge=0, le=1, description="minimum holdout accuracy")
+    max_sanitize_drop: float = Field(0.01, ge=0, le=1)
+
+
 class Policy(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = ""
@@ -74,3 +123,5 @@ class Policy(_Strict):
         "required", description="whether the data owner approves each job on their dataset"
     )
     quotas: Quotas = Quotas()
+    dp: DPRules = DPRules()
+    release: ReleaseRules = ReleaseRules()

@@ -1,0 +1,175 @@
+"""The container steps of one job: prepare, architecture, train, gate, evaluate.
+
+Each step reads from and writes to the job's private workspace and records what
+the owner's report needs; a failing container raises StepFailed with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sandbox.gate import TensorSpec, gate_output
+from sandbox.pipeline import containers
+from sandbox.pipeline.algorithm import AlgorithmPackage, unpack_algorithm
+from sandbox.pipeline.architecture import Architecture, parse_architecture
+from sandbox.pipeline.context import MB, JobContext, StepFailed, expect_only, read_small
+from sandbox.pipeline.dataset import (
+    Dataset,
+    check_compatible,
+    load_dataset,
+    split_holdout,
+    write_npz,
+)
+from sandbox.runner.base import BindMount
+
+
+def prepare(
+    ctx: JobContext, algorithm: Path, dataset: Path, holdout: Path | None
+) -> tuple[AlgorithmPackage, Dataset, Dataset]:
+    policy = ctx.policy
+    full = load_dataset(dataset, max_bytes=policy.max_dataset_mb * MB)
+    if holdout is None:
+        train, test = split_holdout(full, policy.holdout_fraction, policy.holdout_seed)
+        source = f"split ({policy.holdout_fraction:.2f}, seed {policy.holdout_seed})"
+    else:
+        train, test = full, load_dataset(holdout, max_bytes=policy.max_dataset_mb * MB)
+        check_compatible(test, train)
+        source = "file"
+    ws = ctx.workspace
+    data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
+    write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
+    test_mb = test.x.nbytes // MB + test.y.nbytes // MB + 2
+    write_npz(test, ws.tmpfs("holdout", test_mb) / "holdout.npz")
+    package = unpack_algorithm(algorithm, ws.tmpfs("algorithm", 64) / "pkg")
+    ws.tmpfs("work", policy.limits.output_mb * 4 + 64)
+    ctx.report.algorithm = {
+        "name": package.name,
+        "version": package.version,
+        "sha256": package.sha256,
+    }
+    ctx.report.dataset = {
+        "n_train": len(train.y),
+        "n_holdout": len(test.y),
+        "num_classes": train.num_classes,
+        "input_shape": list(train.input_shape),
+        "holdout": source,
+    }
+    return package, train, test
+
+
+def architecture(ctx: JobContext, package: AlgorithmPackage, train: Dataset) -> Architecture:
+    """Step 1: export in a container without data, describe in one without provider code."""
+    ws, policy = ctx.workspace, ctx.policy
+    shape_env = {
+        "SANDBOX_INPUT_SHAPE": json.dumps(list(train.input_shape)),
+        "SANDBOX_NUM_CLASSES": str(train.num_classes),
+    }
+    out = ws.output_dir("export", policy.limits.output_mb * 2 + 16)
+    ctx.run(
+        containers.guest_spec(
+            policy,
+            job_id=ctx.job_id,
+            step="export",
+            image=ctx.image,
+            module="export",
+            mounts=[BindMount(package.root, "/algorithm"), BindMount(out, "/output", False)],
+            env=shape_env,
+        )
+    )
+    expect_only(out, {"model.pt2", "init.safetensors"}, "export")
+    work = ws.path / "work"
+    program = read_small(out / "model.pt2", policy.limits.output_mb * 2 * MB)
+    (work / "model.pt2").write_bytes(program)
+    os.chmod(work / "model.pt2", 0o444)
+
+    described = ws.output_dir("describe", 8)
+    ctx.run(
+        containers.guest_spec(
+            policy,
+            job_id=ctx.job_id,
+            step="describe",
+            image=ctx.image,
+            module="describe",
+            mounts=[BindMount(work, "/work"), BindMount(described, "/output", False)],
+            env=shape_env,
+        )
+    )
+    expect_only(described, {"arch.json"}, "describe")
+    arch = parse_architecture(
+        read_small(described / "arch.json", 4 * MB),
+        input_shape=train.input_shape,
+        num_classes=train.num_classes,
+        rules=policy.architecture,
+    )
+    ctx.report.architecture = arch.summary()
+    return arch
+
+
+def train(ctx: JobContext, package: AlgorithmPackage) -> Path:
+    """Step 2: the provider's train.py with the training split, read-only."""
+    ws, policy = ctx.workspace, ctx.policy
+    out = ws.output_dir("train", policy.limits.output_mb)
+    ctx.run(
+        containers.guest_spec(
+            policy,
+            job_id=ctx.job_id,
+            step="train",
+            image=ctx.image,
+            module="train",
+            mounts=[
+                BindMount(package.root, "/algorithm"),
+                BindMount(ws.path / "data", "/data"),
+                BindMount(out, "/output", False),
+            ],
+            gpu_device=ctx.gpu_device,
+        )
+    )
+    return out
+
+
+def gate(ctx: JobContext, out: Path, arch: Architecture, name: str = "candidate") -> Path:
+    """Step 3: only the declared model leaves, canonically re-serialised into work/NAME."""
+    dest = ctx.workspace.path / "work" / f"{name}.safetensors"
+    expected: dict[str, TensorSpec] = dict(arch.tensors)
+    result = gate_output(out, expected, ctx.policy.gate, dest)
+    os.chmod(dest, 0o444)  # trusted containers (evaluate) read it as the container user
+    if name == "candidate":
+        ctx.report.gate = {"verdict": "pass", "notes": list(result.notes)}
+    return dest
+
+
+def evaluate(ctx: JobContext, test: Dataset, names: list[str], step: str) -> dict[str, float]:
+    """Holdout accuracy of work/NAME.safetensors for each name, by trusted code on the graph."""
+    ws, policy = ctx.workspace, ctx.policy
+    out = ws.output_dir(step, 1)
+    ctx.run(
+        containers.guest_spec(
+            policy,
+            job_id=ctx.job_id,
+            step=step,
+            image=ctx.image,
+            module="evaluate",
+            mounts=[
+                BindMount(ws.path / "work", "/work"),
+                BindMount(ws.path / "holdout", "/data"),
+                BindMount(out, "/output", False),
+            ],
+            args=names,
+        )
+    )
+    expect_only(out, {"metrics.json"}, step)
+    accuracies: dict[str, float] = {}
+    try:
+        results = json.loads(read_small(out / "metrics.json", 65536))["results"]
+        for name in names:
+            correct, n = results[name]["correct"], results[name]["n"]
+            if not (isinstance(correct, int) and isinstance(n, int)):
+                raise TypeError("counts are not integers")
+            if not (n == len(test.y) and 0 <= correct <= n):
+                raise StepFailed(f"{step}: metrics do not match the holdout")
+            accuracies[name] = correct / n
+    except (ValueError, KeyError, TypeError) as error:
+        raise StepFailed(f"{step}: malformed metrics ({error})") from error
+    return accuracies
