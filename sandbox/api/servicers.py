@@ -30,7 +30,9 @@ from sandbox.api.gen.sandbox.v1 import (
 )
 from sandbox.api.status import abort
 from sandbox.errors import InvalidInput
-from sandbox.service.platform import JobView, Platform, UploadHeader
+from sandbox.service.platform import Platform
+from sandbox.service.uploads import UploadHeader
+from sandbox.service.views import JobView
 from sandbox.store import Algorithm, Dataset
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -19,7 +19,6 @@ encrypted); on any failure nothing remains: no blob, no row, no temp file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,6 @@ from sandbox.audit import AuditLog, key_id, public_key_pem
 from sandbox.errors import (
     FailedPrecondition,
     InvalidInput,
-    LimitExceeded,
     NotFound,
     PermissionDenied,
     SandboxError,
@@ -51,7 +49,21 @@ from sandbox.runner.gpu import GpuPool
 from sandbox.runner.workspace import JobWorkspace, sweep_stale
 from sandbox.service.executor import Executor
 from sandbox.service.state import StateDir
+from sandbox.service.uploads import (
+    UploadHeader,
+    check_declared,
+    check_digest,
+    private_file,
+    receive,
+)
 from sandbox.service.validate import DatasetCheck
+from sandbox.service.views import (
+    JobView,
+    PolicyView,
+    ReleaseView,
+    ReportView,
+    job_view,
+)
 from sandbox.store import (
     Algorithm,
     ApprovalState,
@@ -68,7 +80,7 @@ from sandbox.store import (
     encrypt_stream,
     new_id,
 )
-from sandbox.store.metadata import MAX_DETAIL, TERMINAL, check_sha256, check_text
+from sandbox.store.metadata import MAX_DETAIL, TERMINAL, check_text
 
 log = logging.getLogger("sandbox.service")
 
@@ -93,65 +105,6 @@ _ORDER: Final = [
 UNFINISHED: Final = frozenset(JobState) - TERMINAL
 
 
-@dataclass(frozen=True)
-class UploadHeader:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class HistoryView:
-    from_state: str
-    to_state: str
-    at: float
-    detail: str
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A job as one caller may see it."""
-
-    id: str
-    dataset_id: str
-    algorithm_id: str
-    submitter: str
-    policy_name: str
-    state: str
-    decision: str
-    approval: str
-    created: float
-    terminal: bool
-    reasons: tuple[str, ...] = ()
-    history: tuple[HistoryView, ...] = ()
-
-
-@dataclass(frozen=True)
-class ReportView:
-    job_id: str
-    decision: str
-    report_json: str
-    attestation_json: str = ""
-    logs: bytes = b""
-    dataset_opening_json: str = ""
-
-
-@dataclass(frozen=True)
-class ReleaseView:
-    job_id: str
-    model_sha256: str
-    model_size: int
-    released_at: float
-    decision: str
-
-
-@dataclass(frozen=True)
-class PolicyView:
-    name: str
-    sha256: str
-    json: str
-
-
 class _Cancelled(Exception):
     """The job was cancelled while it ran; stop quietly."""
 
@@ -160,11 +113,6 @@ def _clean_reason(text: str) -> str:
     """Reasons are stored as printable text of bounded length."""
     flat = "".join(ch if ch.isprintable() else " " for ch in text)
     return flat[:MAX_DETAIL] or "(no reason given)"
-
-
-def _private_file(path: Path) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(path, flags, 0o600)
 
 
 @dataclass
@@ -298,42 +246,6 @@ class Platform:
 
     # ------------------------------------------------------------ uploads
 
-    @staticmethod
-    def _check_declared(header: UploadHeader, limit: int) -> None:
-        if header.size > limit:
-            raise LimitExceeded(
-                f"the upload declares {header.size} bytes, over the server's limit of "
-                f"{limit} bytes"
-            )
-        check_sha256(header.sha256, "the upload's sha256")
-
-    def _receive(
-        self, header: UploadHeader, chunks: Iterable[bytes], dest: Path, limit: int
-    ) -> None:
-        self._check_declared(header, limit)
-        digest = hashlib.sha256()
-        received = 0
-        fd = _private_file(dest)
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            for chunk in chunks:
-                received += len(chunk)
-                if received > header.size:
-                    raise LimitExceeded(
-                        f"the upload sent more than the {header.size} bytes it declared"
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-        if received < header.size:
-            raise InvalidInput(
-                f"the upload stopped after {received} of the {header.size} bytes it "
-                "declared (the stream was cut off); send it again"
-            )
-        if digest.hexdigest() != header.sha256:
-            raise InvalidInput(
-                f"the upload's content has sha256 {digest.hexdigest()}, not the declared "
-                f"{header.sha256}: it was corrupted in transit; send it again"
-            )
-
     def _upload_space(self) -> JobWorkspace:
         return JobWorkspace(self.state.work, f"upload-{secrets.token_hex(8)}")
 
@@ -344,11 +256,12 @@ class Platform:
         self._require(who, Role.DATA_OWNER)
         check_text(header.name, "dataset name")
         dataset_id = new_id("ds")
-        self._check_declared(header, self.limits.max_dataset_bytes)
+        check_declared(header, self.limits.max_dataset_bytes)
         with self._upload_space() as space:
             # plaintext only in a private, size-capped tmpfs: never on disk
             plain = space.tmpfs("plain", header.size // MiB + 2, mode=0o700) / "dataset.npz"
-            self._receive(header, chunks, plain, self.limits.max_dataset_bytes)
+            # the digest is checked on the encryption pass below (one hash fewer)
+            receive(header, chunks, plain, self.limits.max_dataset_bytes, verify_sha256=False)
             check = DatasetCheck(plain, self.limits.max_dataset_bytes)
             blob: str | None = None
             try:
@@ -357,6 +270,7 @@ class Platform:
                     self.blobs.writer(max_bytes=self.limits.max_dataset_bytes * 2) as sealed,
                 ):
                     info = encrypt_stream(src, sealed, dataset_id, self.master)  # type: ignore[arg-type]
+                    check_digest(header, info.sha256_plaintext)
                     blob = sealed.commit().sha256
                 summary = check.result()
                 dataset = self.store.add_dataset(
@@ -391,7 +305,7 @@ class Platform:
         self._require(who, Role.PROVIDER)
         with self._upload_space() as space:
             archive = space.path / "algorithm.tar.gz"
-            self._receive(header, chunks, archive, self.limits.max_algorithm_bytes)
+            receive(header, chunks, archive, self.limits.max_algorithm_bytes)
             try:
                 package = unpack_algorithm(archive, space.path / "pkg")
             except SandboxError as error:
@@ -486,56 +400,9 @@ class Platform:
         job = self.store.get_job(job_id)
         return job, self._access(who, job)
 
-    @staticmethod
-    def _view(job: Job, access: str) -> JobView:
-        terminal = job.state in TERMINAL
-        decision = job.decision.value if job.decision else ""
-        if access == "provider":
-            # the state and the decision only: no reasons, history or step timings
-            if job.state is JobState.QUEUED:
-                state = "queued"
-            elif terminal:
-                state = job.state.value
-            else:
-                state = "running"
-            return JobView(
-                id=job.id,
-                dataset_id=job.dataset_id,
-                algorithm_id=job.algorithm_id,
-                submitter=job.submitter,
-                policy_name=job.policy_name,
-                state=state,
-                decision=decision if terminal else "",
-                approval=job.approval.state.value,
-                created=job.created,
-                terminal=terminal,
-            )
-        return JobView(
-            id=job.id,
-            dataset_id=job.dataset_id,
-            algorithm_id=job.algorithm_id,
-            submitter=job.submitter,
-            policy_name=job.policy_name,
-            state=job.state.value,
-            decision=decision,
-            approval=job.approval.state.value,
-            created=job.created,
-            terminal=terminal,
-            reasons=job.reasons,
-            history=tuple(
-                HistoryView(
-                    change.from_state.value if change.from_state else "",
-                    change.to_state.value,
-                    change.at,
-                    change.detail,
-                )
-                for change in job.history
-            ),
-        )
-
     def get_job(self, who: Identity, job_id: str) -> JobView:
         job, access = self._job(who, job_id)
-        return self._view(job, access)
+        return job_view(job, access)
 
     def list_jobs(
         self, who: Identity, page_size: int, page_token: str
@@ -548,7 +415,7 @@ class Platform:
             page_size=page_size or 50,
             page_token=page_token or None,
         )
-        views = [self._view(job, self._access(who, job)) for job in page.items]
+        views = [job_view(job, self._access(who, job)) for job in page.items]
         return views, page.next_page_token or ""
 
     def watch_job(
@@ -627,7 +494,7 @@ class Platform:
             approval=job.approval.state.value,
         )
         self._notify()
-        return self._view(job, self._access(who, job))
+        return job_view(job, self._access(who, job))
 
     def approve_job(self, who: Identity, job_id: str, *, approved: bool) -> JobView:
         job, access = self._job(who, job_id)
@@ -644,7 +511,7 @@ class Platform:
                     reasons=[f"the data owner {who.party} denied the job"],
                 )
         self._notify()
-        return self._view(job, access)
+        return job_view(job, access)
 
     def cancel_job(self, who: Identity, job_id: str) -> JobView:
         job, access = self._job(who, job_id)
@@ -664,7 +531,7 @@ class Platform:
         self.executor.stop(job_id)
         self._audit("job_step", who, {"job": job_id}, step="cancelled")
         self._notify()
-        return self._view(job, access)
+        return job_view(job, access)
 
     # ------------------------------------------------------------ the queue
 
@@ -768,7 +635,7 @@ class Platform:
             data_path = plain / "dataset.npz"
             with (
                 self.blobs.open(dataset.blob_sha256) as src,
-                os.fdopen(_private_file(data_path), "wb") as dst,
+                os.fdopen(private_file(data_path), "wb") as dst,
             ):
                 digest = decrypt_to(src, dst, dataset.id, self.master)
             if digest != dataset.plaintext_sha256:
@@ -776,7 +643,7 @@ class Platform:
             algo_path = plain / "algorithm.tar.gz"
             with (
                 self.blobs.open(algorithm.blob_sha256) as src,
-                os.fdopen(_private_file(algo_path), "wb") as dst,
+                os.fdopen(private_file(algo_path), "wb") as dst,
             ):
                 shutil.copyfileobj(src, dst, CHUNK)
             try:
