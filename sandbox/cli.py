@@ -133,6 +133,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             result, text = commands.dataset_upload(client, args.file, args.name)
         elif action == "algorithm upload":
             result, text = commands.algorithm_upload(client, args.path)
+        elif action == "algorithm approve":
+            result, text = commands.algorithm_approve(client, args.algorithm, args.dataset)
         elif action == "job submit":
             result, text = commands.job_submit(client, args.dataset, args.algorithm, args.policy)
         elif action == "job show":
@@ -336,6 +338,14 @@ def _add_server_commands(sub: Any) -> None:
         algorithm, "upload", "algorithm upload", "upload an algorithm (directory or .tar.gz)"
     )
     alg_upload.add_argument("path", type=Path)
+    alg_approve = client_parser(
+        algorithm,
+        "approve",
+        "algorithm approve",
+        "data owner: approve every job of an algorithm on your dataset",
+    )
+    alg_approve.add_argument("algorithm")
+    alg_approve.add_argument("--dataset", required=True)
 
     job = sub.add_parser("job", help="jobs on the server").add_subparsers(
         dest="job_command", required=True

@@ -42,6 +42,7 @@ RULES: Final[Mapping[str, frozenset[Role]]] = MappingProxyType(
         f"{_V1}JobService/WatchJob": frozenset({OWNER, PROVIDER, OPERATOR}),
         f"{_V1}JobService/CancelJob": frozenset({OWNER, PROVIDER, OPERATOR}),
         f"{_V1}JobService/ApproveJob": frozenset({OWNER}),
+        f"{_V1}JobService/PreapproveAlgorithm": frozenset({OWNER}),
         # models and reports: the parties of the job only
         f"{_V1}ModelService/GetRelease": frozenset({OWNER, PROVIDER}),
         f"{_V1}ModelService/DownloadModel": frozenset({OWNER, PROVIDER}),

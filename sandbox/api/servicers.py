@@ -204,6 +204,13 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         view = self.platform.approve_job(identify(context), request.id, approved=not request.deny)
         return job_message(view)
 
+    @unary
+    def PreapproveAlgorithm(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.platform.preapprove(identify(context), request.dataset_id, request.algorithm_id)
+        return job_pb2.PreapproveAlgorithmResponse(
+            dataset_id=request.dataset_id, algorithm_id=request.algorithm_id
+        )
+
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, platform: Platform) -> None:

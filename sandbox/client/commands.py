@@ -40,6 +40,14 @@ def algorithm_upload(client: Client, path: Path) -> tuple[dict[str, Any], str]:
     return result, f"algorithm {alg.id} ({alg.name} {alg.version})"
 
 
+def algorithm_approve(
+    client: Client, algorithm_id: str, dataset_id: str
+) -> tuple[dict[str, Any], str]:
+    client.preapprove(dataset_id, algorithm_id)
+    result = {"dataset_id": dataset_id, "algorithm_id": algorithm_id, "preapproved": True}
+    return result, f"jobs of {algorithm_id} on {dataset_id} no longer wait for your approval"
+
+
 def _job_text(job: dict[str, Any]) -> str:
     lines = [
         f"job {job['id']}: {job['state']}" + (f" ({job['decision']})" if job["decision"] else "")

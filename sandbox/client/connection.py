@@ -163,6 +163,12 @@ class Client:
         request = job_pb2.ApproveJobRequest(id=job_id, deny=deny)
         return _call(lambda: self.jobs.ApproveJob(request))
 
+    def preapprove(self, dataset_id: str, algorithm_id: str) -> Any:
+        request = job_pb2.PreapproveAlgorithmRequest(
+            dataset_id=dataset_id, algorithm_id=algorithm_id
+        )
+        return _call(lambda: self.jobs.PreapproveAlgorithm(request))
+
     # ---------------------------------------------------------------- models and reports
 
     def release(self, job_id: str) -> Any:

@@ -481,8 +481,10 @@ class Platform:
             policy_sha256=policy_hash(policy),
             approval_required=policy.approval == "required",
         )
-        if job.approval.state is ApprovalState.PENDING and who.party == dataset.owner:
-            job = self.store.record_approval(job.id, by=who.party, approved=True)
+        if job.approval.state is ApprovalState.PENDING and (
+            who.party == dataset.owner or self.store.is_preapproved(dataset.id, algorithm.id)
+        ):  # the owner submitting, or the owner's standing approval of this algorithm
+            job = self.store.record_approval(job.id, by=dataset.owner, approved=True)
         self._audit(
             "job_step",
             who,
@@ -495,6 +497,17 @@ class Platform:
         )
         self._notify()
         return job_view(job, self._access(who, job))
+
+    def preapprove(self, who: Identity, dataset_id: str, algorithm_id: str) -> None:
+        """The owner approves every future job of `algorithm_id` on their dataset."""
+        self.get_dataset(who, dataset_id)  # theirs, or not found
+        if who.role is not Role.DATA_OWNER:
+            raise PermissionDenied("only the dataset's owner pre-approves algorithms")
+        self.store.get_algorithm(algorithm_id)
+        self.store.preapprove(dataset_id, algorithm_id, by=who.party)
+        self._audit(
+            "approval", who, {"dataset": dataset_id, "algorithm": algorithm_id}, preapproved=True
+        )
 
     def approve_job(self, who: Identity, job_id: str, *, approved: bool) -> JobView:
         job, access = self._job(who, job_id)

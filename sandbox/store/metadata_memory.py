@@ -77,6 +77,7 @@ class InMemoryMetadataStore:
         self._jobs: dict[str, Job] = {}
         self._releases: dict[str, Release] = {}
         self._quotas: dict[tuple[str, str, str], int] = {}
+        self._preapprovals: set[tuple[str, str]] = set()
 
     def _now(self) -> float:
         return float(self._clock())
@@ -364,6 +365,24 @@ class InMemoryMetadataStore:
             return job
 
     # ------------------------------------------------------------ releases
+
+    def preapprove(self, dataset_id: str, algorithm_id: str, *, by: str) -> None:
+        check_id(dataset_id, "dataset id")
+        check_id(algorithm_id, "algorithm id")
+        check_party_name(by)
+        with self._lock:
+            self._party(by, "approver")
+            if dataset_id not in self._datasets:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            if algorithm_id not in self._algorithms:
+                raise NotFound(f"no algorithm {algorithm_id!r}")
+            self._preapprovals.add((dataset_id, algorithm_id))
+
+    def is_preapproved(self, dataset_id: str, algorithm_id: str) -> bool:
+        check_id(dataset_id, "dataset id")
+        check_id(algorithm_id, "algorithm id")
+        with self._lock:
+            return (dataset_id, algorithm_id) in self._preapprovals
 
     def record_release(self, job_id: str, *, model_sha256: str) -> Release:
         check_id(job_id, "job id")

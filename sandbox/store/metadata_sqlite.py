@@ -592,6 +592,34 @@ class SqliteMetadataStore:
 
     # ------------------------------------------------------------ releases
 
+    def preapprove(self, dataset_id: str, algorithm_id: str, *, by: str) -> None:
+        check_id(dataset_id, "dataset id")
+        check_id(algorithm_id, "algorithm id")
+        check_party_name(by)
+        with self._tx(write=True) as conn:
+            self._require_party(conn, by, "approver")
+            if self._one(conn, "SELECT id FROM datasets WHERE id = ?", dataset_id) is None:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            if self._one(conn, "SELECT id FROM algorithms WHERE id = ?", algorithm_id) is None:
+                raise NotFound(f"no algorithm {algorithm_id!r}")
+            conn.execute(
+                "INSERT OR IGNORE INTO preapprovals (dataset_id, algorithm_id, by_party, at) "
+                "VALUES (?, ?, ?, ?)",
+                (dataset_id, algorithm_id, by, self._now()),
+            )
+
+    def is_preapproved(self, dataset_id: str, algorithm_id: str) -> bool:
+        check_id(dataset_id, "dataset id")
+        check_id(algorithm_id, "algorithm id")
+        with self._lock:
+            row = self._one(
+                self._conn,
+                "SELECT 1 FROM preapprovals WHERE dataset_id = ? AND algorithm_id = ?",
+                dataset_id,
+                algorithm_id,
+            )
+        return row is not None
+
     def record_release(self, job_id: str, *, model_sha256: str) -> Release:
         check_id(job_id, "job id")
         check_sha256(model_sha256, "model_sha256")

@@ -285,3 +285,17 @@ def test_actions_are_audited_and_the_log_verifies(env: Env, tmp_path: Path) -> N
     env.server.stop()  # closes the log with a signed checkpoint
     result = verify_log(env.state / "audit.jsonl", load_public_key(env.state / "signing.pub"))
     assert result.ok, result.summary()
+
+
+def test_a_preapproved_algorithm_does_not_wait(env: Env, tmp_path: Path) -> None:
+    dataset, algorithm = _setup(env, tmp_path)
+    with pytest.raises(PermissionDenied):  # only owners pre-approve
+        env.client("bob").preapprove(dataset, algorithm)
+    with pytest.raises(NotFound):  # and only on their own datasets
+        env.client("carol").preapprove(dataset, algorithm)
+    env.client("alice").preapprove(dataset, algorithm)
+    job = env.client("bob").submit(dataset, algorithm, "default")
+    assert job.approval == "approved"
+    assert _finished(env, "bob", job.id).decision == "released"  # type: ignore[attr-defined]
+    other = env.client("pete").upload_algorithm(EXAMPLE_ALGORITHM)
+    assert env.client("pete").submit(dataset, other.id, "default").approval == "pending"

@@ -794,3 +794,23 @@ def test_new_id() -> None:
     one, two = new_id("job"), new_id("job")
     assert one != two
     assert one.startswith("job_") and len(one) == 28
+
+
+# ---------------------------------------------------------------- pre-approvals
+
+
+def test_preapprovals(store: MetadataStore) -> None:
+    seed(store)
+    assert not store.is_preapproved("ds1", "alg1")
+    store.preapprove("ds1", "alg1", by="alice")
+    store.preapprove("ds1", "alg1", by="alice")  # idempotent
+    assert store.is_preapproved("ds1", "alg1")
+    assert not store.is_preapproved("ds2", "alg1")  # per dataset
+    with pytest.raises(NotFound):
+        store.preapprove("nope", "alg1", by="alice")
+    with pytest.raises(NotFound):
+        store.preapprove("ds1", "nope", by="alice")
+    with pytest.raises(NotFound):
+        store.preapprove("ds1", "alg1", by="mallory")
+    with pytest.raises(InvalidInput):
+        store.is_preapproved("../x", "alg1")

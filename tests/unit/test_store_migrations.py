@@ -92,22 +92,24 @@ def test_foreign_database_is_refused(tmp_path: Path) -> None:
 def test_new_migration_is_applied_on_reopen(tmp_path: Path) -> None:
     path = tmp_path / "meta.db"
     SqliteMetadataStore(path).close()
-    second = (*MIGRATIONS, Migration(2, "notes", "CREATE TABLE notes (t TEXT) STRICT;"))
+    nxt = len(MIGRATIONS) + 1
+    second = (*MIGRATIONS, Migration(nxt, "notes", "CREATE TABLE notes (t TEXT) STRICT;"))
     SqliteMetadataStore(path, migrations=second).close()
-    assert [r[0] for r in ledger(path)] == [1, 2]
+    assert [r[0] for r in ledger(path)] == list(range(1, nxt + 1))
     SqliteMetadataStore(path, migrations=second).close()
-    # the code that knows only migration 1 now refuses the upgraded database
-    with pytest.raises(FailedPrecondition, match="schema version 2"):
+    # the code that knows only the shipped migrations now refuses the upgraded database
+    with pytest.raises(FailedPrecondition, match=f"schema version {nxt}"):
         SqliteMetadataStore(path)
 
 
 def test_failed_migration_rolls_back_everything(tmp_path: Path) -> None:
     path = tmp_path / "meta.db"
+    nxt = len(MIGRATIONS) + 1
     broken = (
         *MIGRATIONS,
-        Migration(2, "half", "CREATE TABLE fine (a TEXT) STRICT;\nCREATE TABLE oops (;\n"),
+        Migration(nxt, "half", "CREATE TABLE fine (a TEXT) STRICT;\nCREATE TABLE oops (;\n"),
     )
-    with pytest.raises(FailedPrecondition, match=r"migration 2 \(half\) failed.*nothing"):
+    with pytest.raises(FailedPrecondition, match=rf"migration {nxt} \(half\) failed.*nothing"):
         SqliteMetadataStore(path, migrations=broken)
     with sqlite3.connect(path) as conn:
         assert schema_version(conn) == 0
@@ -119,7 +121,7 @@ def test_migrate_runs_once_across_connections(tmp_path: Path) -> None:
     path = tmp_path / "meta.db"
     one = sqlite3.connect(path, isolation_level=None)
     two = sqlite3.connect(path, isolation_level=None)
-    assert migrate(one) == [1]
+    assert migrate(one) == [m.version for m in MIGRATIONS]
     assert migrate(two) == []
     one.close()
     two.close()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sandbox.errors import FailedPrecondition
-from sandbox.store.migrations import m0001_initial
+from sandbox.store.migrations import m0001_initial, m0002_preapprovals
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,10 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "initial", m0001_initial.SQL),)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "initial", m0001_initial.SQL),
+    Migration(2, "preapprovals", m0002_preapprovals.SQL),
+)
 
 _LEDGER: Final = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -97,3 +97,19 @@ class ApproveJobRequest(_message.Message):
     id: str
     deny: bool
     def __init__(self, id: _Optional[str] = ..., deny: _Optional[bool] = ...) -> None: ...
+
+class PreapproveAlgorithmRequest(_message.Message):
+    __slots__ = ("dataset_id", "algorithm_id")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    algorithm_id: str
+    def __init__(self, dataset_id: _Optional[str] = ..., algorithm_id: _Optional[str] = ...) -> None: ...
+
+class PreapproveAlgorithmResponse(_message.Message):
+    __slots__ = ("dataset_id", "algorithm_id")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    algorithm_id: str
+    def __init__(self, dataset_id: _Optional[str] = ..., algorithm_id: _Optional[str] = ...) -> None: ...

@@ -66,6 +66,11 @@ class JobServiceStub:
                 request_serializer=sandbox_dot_v1_dot_job__pb2.ApproveJobRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_job__pb2.Job.FromString,
                 _registered_method=True)
+        self.PreapproveAlgorithm = channel.unary_unary(
+                '/sandbox.v1.JobService/PreapproveAlgorithm',
+                request_serializer=sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -111,6 +116,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreapproveAlgorithm(self, request, context):
+        """The data owner approves, once for all, every job of an algorithm on their dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +155,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ApproveJob,
                     request_deserializer=sandbox_dot_v1_dot_job__pb2.ApproveJobRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_job__pb2.Job.SerializeToString,
+            ),
+            'PreapproveAlgorithm': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreapproveAlgorithm,
+                    request_deserializer=sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +326,33 @@ class JobService:
             '/sandbox.v1.JobService/ApproveJob',
             sandbox_dot_v1_dot_job__pb2.ApproveJobRequest.SerializeToString,
             sandbox_dot_v1_dot_job__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreapproveAlgorithm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.JobService/PreapproveAlgorithm',
+            sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmRequest.SerializeToString,
+            sandbox_dot_v1_dot_job__pb2.PreapproveAlgorithmResponse.FromString,
             options,
             channel_credentials,
             insecure,
