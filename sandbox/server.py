@@ -48,7 +48,7 @@ from sandbox.runner.gpu import GpuPool
 from sandbox.service.executor import DockerExecutor, Executor
 from sandbox.service.platform import Limits, Platform
 from sandbox.service.state import StateDir
-from sandbox.store import BlobStore, MasterKey, SqliteMetadataStore
+from sandbox.store import BlobStore, MasterKey, MetadataStore, SqliteMetadataStore
 
 log = logging.getLogger("sandbox.server")
 
@@ -89,6 +89,7 @@ def build_platform(
     executor: Executor | None = None,
     cpu_slots: int = 1,
     limits: Limits | None = None,
+    store: MetadataStore | None = None,
 ) -> Platform:
     state.check()
     for directory in (state.blobs, state.jobs, state.work):
@@ -99,7 +100,7 @@ def build_platform(
     )
     return Platform(
         state,
-        store=SqliteMetadataStore(state.metadata),
+        store=store or SqliteMetadataStore(state.metadata),
         blobs=BlobStore(state.blobs),
         master=MasterKey.load(state.master_key),
         signing_key=signing_key,
@@ -118,10 +119,13 @@ def start_server(
     cpu_slots: int = 1,
     limits: Limits | None = None,
     max_workers: int = 32,
+    store: MetadataStore | None = None,
 ) -> RunningServer:
     """Start serving on `address` (port 0: any free port); returns at once."""
     state = StateDir(state_dir)
-    platform = build_platform(state, executor=executor, cpu_slots=cpu_slots, limits=limits)
+    platform = build_platform(
+        state, executor=executor, cpu_slots=cpu_slots, limits=limits, store=store
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(platform.ensure_party)],

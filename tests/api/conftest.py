@@ -16,7 +16,7 @@ from sandbox.client.connection import Client
 from sandbox.server import RunningServer, start_server
 from sandbox.service.platform import Limits
 from sandbox.service.state import init_state
-from sandbox.store import Role
+from sandbox.store import InMemoryMetadataStore, Role
 from tests.api.fakes import FakeExecutor
 
 LIMITS = Limits(max_dataset_bytes=64 << 20, max_algorithm_bytes=8 << 20)
@@ -65,7 +65,13 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 
 
 @pytest.fixture
-def env(tmp_path: Path, initialised: tuple[Path, dict[str, Path]]) -> Iterator[Env]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The metadata backend: SQLite unless a test module parametrizes it (indirect)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def env(tmp_path: Path, initialised: tuple[Path, dict[str, Path]], backend: str) -> Iterator[Env]:
     """A fresh state directory (certificates reused from one init: fast) and server."""
     import shutil
 
@@ -74,7 +80,8 @@ def env(tmp_path: Path, initialised: tuple[Path, dict[str, Path]]) -> Iterator[E
     shutil.copytree(template, state)
     local = {name: state / path.relative_to(template) for name, path in configs.items()}
     executor = FakeExecutor()
-    server = start_server(state, executor=executor, limits=LIMITS)
+    store = InMemoryMetadataStore() if backend == "memory" else None
+    server = start_server(state, executor=executor, limits=LIMITS, store=store)
     environment = Env(state, local, server, executor, {})
     yield environment
     for client in environment.clients.values():

@@ -22,6 +22,7 @@ class FakeExecutor:
         self.release_block = threading.Event()
         self.stopped: list[str] = []
         self.reconciled: list[set[str]] = []
+        self.devices: list[str | None] = []
 
     def run(
         self,
@@ -35,6 +36,7 @@ class FakeExecutor:
         gpu_device: str | None,
     ) -> Report:
         self.seen_inputs.append((dataset.read_bytes()[:4], algorithm.read_bytes()[:2]))
+        self.devices.append(gpu_device)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "owner").mkdir(mode=0o700, exist_ok=True)
         (out_dir / "owner" / "logs.txt").write_bytes(b"container said: secret row 17\n")

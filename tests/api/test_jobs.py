@@ -23,6 +23,9 @@ from sandbox.store import JobState, SqliteMetadataStore
 from tests.api.conftest import Env
 from tests.api.fakes import FakeExecutor
 
+# The same behaviour on both metadata backends (the in-memory one is the tests' fake).
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "memory"], indirect=True)
+
 
 def _setup(
     env: Env, tmp_path: Path, owner: str = "alice", provider: str = "bob"
@@ -209,7 +212,11 @@ def test_download_checks_the_release_record(env: Env, tmp_path: Path) -> None:
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_restart_fails_started_jobs_and_keeps_queued_ones(env: Env, tmp_path: Path) -> None:
+def test_restart_fails_started_jobs_and_keeps_queued_ones(
+    env: Env, tmp_path: Path, backend: str
+) -> None:
+    if backend == "memory":
+        pytest.skip("a restart needs the durable store")
     dataset, algorithm = _setup(env, tmp_path)
     queued = env.client("bob").submit(dataset, algorithm, "default")  # awaits approval
     env.server.stop()
@@ -299,3 +306,26 @@ def test_a_preapproved_algorithm_does_not_wait(env: Env, tmp_path: Path) -> None
     assert _finished(env, "bob", job.id).decision == "released"  # type: ignore[attr-defined]
     other = env.client("pete").upload_algorithm(EXAMPLE_ALGORITHM)
     assert env.client("pete").submit(dataset, other.id, "default").approval == "pending"
+
+
+def test_a_gpu_policy_gets_one_dedicated_gpu_per_job(env: Env, tmp_path: Path) -> None:
+    from sandbox.runner.gpu import GpuPool
+
+    env.server.platform.gpu_pool = GpuPool(["GPU-a"])
+    env.server.platform.cpu_slots = 2
+    env.executor.mode = "block"
+    dataset, algorithm = _setup(env, tmp_path)
+    first = env.client("alice").submit(dataset, algorithm, "gpu")
+    second = env.client("alice").submit(dataset, algorithm, "gpu")
+    _wait = env.client("alice").watch(first.id, timeout_s=30)
+    for seen in _wait:
+        if seen.state == "train":
+            break
+    time.sleep(1.5)  # the scheduler has had its chance to start the second job
+    assert env.client("alice").get_job(second.id).state == "queued"  # waits for the GPU
+    assert env.executor.devices == ["GPU-a"]
+    env.executor.release_block.set()  # the first job ends; the GPU goes to the second
+    _finished(env, "alice", first.id)
+    _finished(env, "alice", second.id)
+    assert env.executor.devices == ["GPU-a", "GPU-a"]
+    assert env.server.platform.gpu_pool.free == 1
