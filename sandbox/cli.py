@@ -118,8 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from sandbox.client.config import find_config
     from sandbox.client.connection import Client
+    from sandbox.service.state import default_state_dir
 
-    config = find_config(args.config, args.state)
+    config = find_config(args.config, args.state or default_state_dir())
     return Client(config, progress=_tty() and not args.json)
 
 
