@@ -411,7 +411,7 @@ class Platform:
             raise PermissionDenied(f"a {who.role.value} has no jobs")
         page = self.store.list_jobs(
             dataset_owner=who.party if who.role is Role.DATA_OWNER else None,
-            submitter=who.party if who.role is Role.PROVIDER else None,
+            algorithm_provider=who.party if who.role is Role.PROVIDER else None,
             page_size=page_size or 50,
             page_token=page_token or None,
         )

@@ -247,6 +247,7 @@ class MetadataStore(Protocol):
         algorithm_id: str | None = None,
         submitter: str | None = None,
         dataset_owner: str | None = None,
+        algorithm_provider: str | None = None,
         states: Collection[JobState] | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,

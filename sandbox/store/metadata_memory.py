@@ -297,6 +297,7 @@ class InMemoryMetadataStore:
         algorithm_id: str | None = None,
         submitter: str | None = None,
         dataset_owner: str | None = None,
+        algorithm_provider: str | None = None,
         states: Collection[JobState] | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
@@ -309,6 +310,8 @@ class InMemoryMetadataStore:
             check_party_name(submitter)
         if dataset_owner is not None:
             check_party_name(dataset_owner)
+        if algorithm_provider is not None:
+            check_party_name(algorithm_provider)
         wanted = None if states is None else {check_state(s) for s in states}
         with self._lock:
             items = [
@@ -318,6 +321,10 @@ class InMemoryMetadataStore:
                 and (algorithm_id is None or job.algorithm_id == algorithm_id)
                 and (submitter is None or job.submitter == submitter)
                 and (dataset_owner is None or self._datasets[job.dataset_id].owner == dataset_owner)
+                and (
+                    algorithm_provider is None
+                    or self._algorithms[job.algorithm_id].provider == algorithm_provider
+                )
                 and (wanted is None or job.state in wanted)
             ]
         return _page(items, lambda j: (j.created, j.id), "jobs", page_size, page_token)

@@ -498,6 +498,7 @@ class SqliteMetadataStore:
         algorithm_id: str | None = None,
         submitter: str | None = None,
         dataset_owner: str | None = None,
+        algorithm_provider: str | None = None,
         states: Collection[JobState] | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
@@ -516,6 +517,9 @@ class SqliteMetadataStore:
         if dataset_owner is not None:
             where.append("dataset_id IN (SELECT id FROM datasets WHERE owner = ?)")
             params.append(check_party_name(dataset_owner))
+        if algorithm_provider is not None:
+            where.append("algorithm_id IN (SELECT id FROM algorithms WHERE provider = ?)")
+            params.append(check_party_name(algorithm_provider))
         if states is not None:
             wanted = sorted({check_state(s).value for s in states})
             where.append(f"state IN ({', '.join('?' * len(wanted))})")

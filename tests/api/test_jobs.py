@@ -85,6 +85,7 @@ def test_provider_sees_only_state_and_decision(env: Env, tmp_path: Path) -> None
     dataset, algorithm = _setup(env, tmp_path)
     job = env.client("alice").submit(dataset, algorithm, "default")
     states = [j.state for j in env.client("bob").watch(job.id, timeout_s=30)]
+    assert [j.id for j in env.client("bob").list_jobs().jobs] == [job.id]  # owner-submitted
     assert set(states) <= {"queued", "running", "done"}
     seen = env.client("bob").get_job(job.id)
     assert (seen.state, seen.decision) == ("done", "rejected")

@@ -814,3 +814,22 @@ def test_preapprovals(store: MetadataStore) -> None:
         store.preapprove("ds1", "alg1", by="mallory")
     with pytest.raises(InvalidInput):
         store.is_preapproved("../x", "alg1")
+
+
+def test_list_jobs_by_algorithm_provider(store: MetadataStore) -> None:
+    seed(store)
+    store.add_party("pete", Role.PROVIDER)
+    store.add_algorithm(id="alg2", provider="pete", name="mlp", version="1", blob_sha256=SHA_B)
+    for job_id, algorithm in (("j1", "alg1"), ("j2", "alg2"), ("j3", "alg1")):
+        store.create_job(
+            id=job_id,
+            dataset_id="ds1",
+            algorithm_id=algorithm,
+            submitter="alice",  # submitted by the owner: still the provider's jobs
+            policy_name="default",
+            policy_sha256=SHA_A,
+            approval_required=False,
+        )
+    assert [j.id for j in store.list_jobs(algorithm_provider="bob").items] == ["j1", "j3"]
+    assert [j.id for j in store.list_jobs(algorithm_provider="pete").items] == ["j2"]
+    assert store.list_jobs(algorithm_provider="carol").items == ()
