@@ -240,6 +240,22 @@ def _smuggling(box: AttackBox, policy: Policy, scratch: Path) -> list[Entry]:
     return entries
 
 
+def _timing(policy: Policy) -> Entry:
+    delay = policy.release.fixed_delay_seconds
+    attempt = "modulate training time to signal bits"
+    if delay is None:
+        evidence = (
+            "this policy releases as soon as the job ends, so the release time follows the "
+            "training time (set release.fixed_delay_seconds to hide it)"
+        )
+        return Entry("timing", "timing", attempt, "leaked", evidence)
+    evidence = (
+        f"every outcome appears exactly {delay} s after submission and a job still "
+        "running then is rejected: the time carries at most the one bit of the decision"
+    )
+    return Entry("timing", "timing", attempt, "neutralized", evidence)
+
+
 def _conventional(policy: Policy) -> list[Entry]:
     """Channels closed (or not) by how the pipeline is built, with the mechanism as evidence."""
     return [
@@ -268,14 +284,7 @@ def _conventional(policy: Policy) -> list[Entry]:
             "the provider learns only the decision (released or rejected): at most one "
             "bit per job, not the status or the reason",
         ),
-        Entry(
-            "timing",
-            "timing",
-            "modulate training time to signal bits",
-            "leaked",
-            "this policy releases as soon as the job ends, so the release time follows "
-            "the training time (fixed-time release is not implemented yet)",
-        ),
+        _timing(policy),
     ]
 
 

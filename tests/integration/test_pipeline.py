@@ -23,6 +23,7 @@ import os
 import stat
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -463,9 +464,41 @@ def test_broken_algorithm_is_rejected(
 
 def test_crash_rejected_under_gvisor(job: Job, digits: Path, runtime_image: str) -> None:
     job.runner.check_runtime("runsc")
-    report = run(job, ALGORITHMS / "train_crash", digits, load_policy("strict"), runtime_image)
+    strict = load_policy("strict")
+    immediate = strict.model_copy(  # the fixed release time is tested on its own below
+        update={"release": strict.release.model_copy(update={"fixed_delay_seconds": None})}
+    )
+    report = run(job, ALGORITHMS / "train_crash", digits, immediate, runtime_image)
     assert_rejected(report, "train: train.py raised RuntimeError: deliberate crash", job.out)
     assert job.runner.steps == UP_TO_TRAIN
+
+
+def with_release_delay(seconds: int) -> Policy:
+    base = load_policy("default")
+    release = base.release.model_copy(update={"fixed_delay_seconds": seconds})
+    return base.model_copy(update={"release": release})
+
+
+def test_fixed_release_time_hides_how_long_the_job_took(
+    job: Job, digits: Path, runtime_image: str
+) -> None:
+    started = time.monotonic()
+    report = run(job, ALGORITHMS / "linear_ok", digits, with_release_delay(30), runtime_image)
+    elapsed = time.monotonic() - started
+    assert report["decision"] == "released", report["reasons"]
+    busy = sum(report["timings"].values())
+    assert busy < 25  # the job itself was done well before the release time
+    assert 30 <= elapsed < 36
+
+
+def test_job_still_running_at_the_release_time_is_rejected(
+    job: Job, digits: Path, runtime_image: str
+) -> None:
+    report = run(job, ALGORITHMS / "linear_ok", digits, with_release_delay(5), runtime_image)
+    assert report["decision"] == "rejected"
+    assert report["model"] is None
+    assert "ran past the policy's fixed release time of 5 s" in report["reasons"][-1]
+    assert out_listing(job.out) == {"report.json", "owner", "owner/logs.txt"}
 
 
 # --------------------------------------------------------------------------- bad inputs

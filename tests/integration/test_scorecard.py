@@ -39,8 +39,8 @@ def test_every_escape_and_smuggling_attempt_is_blocked(
     for attempt in ISOLATION | set(SMUGGLING) | {"file-size", "logs"}:
         assert outcomes[attempt] == "blocked", [e for e in card.results if e.name == attempt]
     assert outcomes["exit-status"] == "neutralized"
-    # Honest about what is still open: no policy hides timing yet.
-    assert outcomes["timing"] == "leaked"
+    # Honest about what is open: only strict hides timing.
+    assert outcomes["timing"] == ("neutralized" if name == "strict" else "leaked")
     assert all(entry.evidence for entry in card.results)
     assert not list((tmp_path / "work").iterdir())
 
