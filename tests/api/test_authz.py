@@ -184,3 +184,24 @@ def test_health_and_reflection_answer(env: Env) -> None:
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"sandbox.v1.JobService", "sandbox.v1.DatasetService"} <= names
+
+
+def test_unknown_errors_reach_clients_as_internal_without_detail(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("secret detail: /var/lib/sandbox/state/master.key")
+
+    monkeypatch.setattr(env.server.platform, "list_policies", broken)
+    with pytest.raises(grpc.RpcError) as caught:
+        env.client("sam").policies.ListPolicies(policy_pb2.ListPoliciesRequest())
+    assert caught.value.code() is grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error"
+    assert "secret detail" in caplog.text  # logged server-side only
+
+
+def test_a_method_the_server_does_not_know_is_unimplemented(env: Env) -> None:
+    call = env.client("olga").channel.unary_unary("/sandbox.v1.JobService/DeleteEverything")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(b"")
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
