@@ -1,1 +1,51 @@
+"""Output-side checks (pipeline step 4): weight analysis and the low-bit sanitizer.
 
+- `sanitize_file` / `sanitize_tensors`: fresh CSPRNG bits in the low mantissa bits
+  of every float weight (removes LSB payloads whatever their encoding);
+- `run_checks` / `CHECKS`: bit-plane, serial, sign, value-distribution and
+  data-aware tests, each a pure function returning a `CheckResult`;
+- `calibrate` / `shipped_thresholds`: thresholds at a false-positive rate from the
+  honest-model corpus (`calibration.json`, written by `python -m bench.corpus`);
+- `check_and_sanitize`: the step as the pipeline calls it.
+"""
+
+from sandbox.checks.battery import CHECKS, CheckSpec, run_checks
+from sandbox.checks.calibrate import DEFAULT_FPR, calibrate, load_calibration, shipped_thresholds
+from sandbox.checks.result import CheckResult, judge
+from sandbox.checks.sanitize import (
+    DEFAULT_BITS,
+    KeyStream,
+    SanitizeReport,
+    TensorSanitized,
+    sanitize_arrays,
+    sanitize_file,
+    sanitize_tensors,
+)
+from sandbox.checks.step import ChecksOutcome, ChecksSettings, check_and_sanitize
+from sandbox.checks.tensors import RawTensor, float_tensors, read_safetensors, write_safetensors
+
+__all__ = [
+    "CHECKS",
+    "DEFAULT_BITS",
+    "DEFAULT_FPR",
+    "CheckResult",
+    "CheckSpec",
+    "ChecksOutcome",
+    "ChecksSettings",
+    "KeyStream",
+    "RawTensor",
+    "SanitizeReport",
+    "TensorSanitized",
+    "calibrate",
+    "check_and_sanitize",
+    "float_tensors",
+    "judge",
+    "load_calibration",
+    "read_safetensors",
+    "run_checks",
+    "sanitize_arrays",
+    "sanitize_file",
+    "sanitize_tensors",
+    "shipped_thresholds",
+    "write_safetensors",
+]

@@ -1,0 +1,298 @@
+"""Red-team scorecard: the weight checks and the sanitizer against Song et al.'s attacks.
+
+For every attack of `sandbox.redteam` and every strength of its sweep (k for the LSB
+attacks, lambda for the regulariser attacks), over a few seeds: generate the
+package, run its train.py on the digits training split (host subprocess, one
+thread: this is our own attack code), then
+
+- detection: which checks flag the model at the calibrated thresholds (1% FPR per
+  check by default), and the rate at which any check flags it;
+- extraction: what the attacker's decoder gets out of the released weights, before
+  and after the sanitizer at its default k (bit accuracy: 0.5 is chance; records
+  recovered: MAE below 10% of the pixel range);
+- utility: holdout accuracy of the attack model next to the honest package's.
+
+It also reports the accuracy cost of sanitising honest models (from the corpus
+sweep in calibration.json) and the throughput of the low-bit scan and the sanitizer.
+Markdown on stdout, progress on stderr.
+
+    python -m bench.attacks [--seeds 2] [--epochs 30] [--jobs 2] [--quick] [--json]
+                            [--throughput-mb 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Row = dict[str, Any]
+
+
+def run_one(job: tuple[str, float | None, int, int, float]) -> Row:
+    """Train one attack package and score it (runs in a worker process)."""
+    from bench.corpus import load_data
+    from sandbox.checks.battery import run_checks
+    from sandbox.checks.sanitize import DEFAULT_BITS, sanitize_arrays
+    from sandbox.redteam.attacks import ATTACKS, decode, make_package
+    from sandbox.redteam.harness import load_weights, mlp_accuracy, run_train
+    from sandbox.redteam.metrics import score
+
+    name, strength, seed, epochs, fpr = job
+    attack = ATTACKS[name]
+    overrides: dict[str, Any] = {"seed": seed, "epochs": epochs}
+    if attack.strength is not None and strength is not None:
+        overrides[attack.strength] = strength
+    data = load_data("digits")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"redteam-{name}-") as tmp:
+        knowledge = make_package(name, Path(tmp) / "pkg", **overrides)
+        path = run_train(Path(tmp) / "pkg", data.x_train, data.y_train, Path(tmp))
+        tensors = load_weights(path)
+    scale = float(knowledge.params["input_scale"])
+    results = run_checks(tensors, data.x_train, fpr=fpr)
+    clean = sanitize_arrays(tensors)
+    before = score(decode(tensors, knowledge), data.x_train, knowledge)
+    after = score(decode(clean, knowledge), data.x_train, knowledge)
+    return {
+        "attack": name,
+        "strength": strength,
+        "seed": seed,
+        "accuracy": mlp_accuracy(tensors, data.x_holdout, data.y_holdout, scale),
+        "sanitized_accuracy": mlp_accuracy(clean, data.x_holdout, data.y_holdout, scale),
+        "flagged": [r.name for r in results if r.verdict == "flag"],
+        "statistics": {r.name: r.statistic for r in results},
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "sanitize_bits": DEFAULT_BITS["F32"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def jobs_for(
+    seeds: int, epochs: int, fpr: float, quick: bool
+) -> list[tuple[str, float | None, int, int, float]]:
+    from sandbox.redteam.attacks import ATTACKS
+
+    jobs: list[tuple[str, float | None, int, int, float]] = []
+    for name, attack in ATTACKS.items():
+        if attack.strength is None:
+            values: Sequence[float | None] = [None]
+        elif quick:
+            values = [float(attack.defaults[attack.strength])]
+        else:
+            values = list(attack.sweep)
+        for value in values:
+            for seed in range(seeds):
+                jobs.append((name, value, seed, epochs, fpr))
+    return jobs
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    usable = [v for v in values if v is not None]
+    return statistics.fmean(usable) if usable else None
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summarise(rows: Sequence[Row]) -> list[Row]:
+    """One row per (attack, strength): means over seeds and the detection rate."""
+    groups: dict[tuple[str, float | None], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row["attack"], row["strength"]), []).append(row)
+    honest = _mean([r["accuracy"] for r in rows if r["attack"] == "honest"])
+    out = []
+    for (name, strength), group in groups.items():
+        counts: dict[str, int] = {}
+        for r in group:
+            for check in r["flagged"]:
+                counts[check] = counts.get(check, 0) + 1
+        out.append(
+            {
+                "attack": name,
+                "strength": strength,
+                "runs": len(group),
+                "detection_rate": sum(1 for r in group if r["flagged"]) / len(group),
+                "flagged_by": {k: v / len(group) for k, v in sorted(counts.items())},
+                "accuracy": _mean([r["accuracy"] for r in group]),
+                "honest_accuracy": honest,
+                "sanitized_accuracy": _mean([r["sanitized_accuracy"] for r in group]),
+                "bit_accuracy": _mean([r["before"]["bit_accuracy"] for r in group]),
+                "recovered": _mean([r["before"]["fraction_recovered"] for r in group]),
+                "mae": _mean([r["before"]["mean_abs_error"] for r in group]),
+                "bit_accuracy_sanitized": _mean([r["after"]["bit_accuracy"] for r in group]),
+                "recovered_sanitized": _mean([r["after"]["fraction_recovered"] for r in group]),
+            }
+        )
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, rule, *body])
+
+
+def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
+    header = [
+        "attack",
+        "strength",
+        "runs",
+        "detected",
+        "flagged by",
+        "acc",
+        "honest acc",
+        "bit acc",
+        "recovered",
+        f"bit acc after k={sanitize_bits}",
+        "recovered after",
+    ]
+    rows = []
+    for s in summary:
+        flagged = ", ".join(f"{k} {v:.0%}" for k, v in s["flagged_by"].items()) or "-"
+        rows.append(
+            [
+                s["attack"],
+                _fmt(s["strength"], "g"),
+                str(s["runs"]),
+                f"{s['detection_rate']:.0%}",
+                flagged,
+                _fmt(s["accuracy"], ".4f"),
+                _fmt(s["honest_accuracy"], ".4f"),
+                _fmt(s["bit_accuracy"]),
+                _fmt(s["recovered"], ".2f"),
+                _fmt(s["bit_accuracy_sanitized"]),
+                _fmt(s["recovered_sanitized"], ".2f"),
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def honest_cost_table() -> str:
+    """The sanitizer's accuracy cost on the honest corpus, from calibration.json."""
+    from sandbox.checks.calibrate import load_calibration
+    from sandbox.checks.sanitize import DEFAULT_BITS
+
+    sweep = load_calibration().get("sanitizer", {})
+    rows = []
+    for dtype in ("F32", "F16", "BF16"):
+        entry = sweep.get(dtype)
+        if not entry:
+            continue
+        k = DEFAULT_BITS[dtype]
+        row = entry["by_bits"].get(str(k))
+        if row is None:
+            continue
+        rows.append(
+            [
+                dtype,
+                str(k),
+                str(sweep.get("models", "?")),
+                f"{row['mean_change_points']:+.3f}",
+                f"{row['mean_drop_points']:.3f}",
+                f"{row['worst_change_points']:+.3f}",
+                f"{row['runs_changed']:.3f}",
+            ]
+        )
+    header = [
+        "dtype",
+        "default k",
+        "models",
+        "mean change (pts)",
+        "mean drop",
+        "worst",
+        "runs changed",
+    ]
+    return markdown_table(header, rows)
+
+
+def throughput(mb: int) -> dict[str, float]:
+    """GB/s of the low-bit scan and of the sanitizer (in place) on an F32 tensor."""
+    from sandbox.checks.lowbits import low_bits_stats
+    from sandbox.checks.sanitize import DEFAULT_BITS, KeyStream, sanitize_bits_inplace
+
+    n = mb * (1 << 20) // 4
+    values = np.random.default_rng(0).normal(0, 0.05, n).astype(np.float32)
+    bits = values.view(np.uint32)
+    stream = KeyStream()
+    low_bits_stats(values[: 1 << 20])  # warm-up
+    timings: dict[str, list[float]] = {"scan": [], "sanitize": []}
+    for _ in range(3):
+        start = time.perf_counter()
+        low_bits_stats(values)
+        timings["scan"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        sanitize_bits_inplace(bits, "F32", DEFAULT_BITS["F32"], stream)
+        timings["sanitize"].append(time.perf_counter() - start)
+    return {k: round(values.nbytes / statistics.median(v) / 1e9, 3) for k, v in timings.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--fpr", type=float, default=0.01)
+    parser.add_argument("--quick", action="store_true", help="default strengths, one seed")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--throughput-mb", type=int, default=256, help="0 skips it")
+    args = parser.parse_args(argv)
+    from sandbox.checks.sanitize import DEFAULT_BITS
+
+    seeds = 1 if args.quick else args.seeds
+    jobs = jobs_for(seeds, args.epochs, args.fpr, args.quick)
+    start = time.perf_counter()
+    rows: list[Row] = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for row in pool.map(run_one, jobs):
+            rows.append(row)
+            print(
+                f"{len(rows)}/{len(jobs)} {row['attack']} {row['strength']} seed {row['seed']}: "
+                f"flagged {row['flagged'] or '-'} ({row['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    summary = summarise(rows)
+    speed = throughput(args.throughput_mb) if args.throughput_mb else {}
+    text = "\n\n".join(
+        [
+            f"Attacks on digits ({args.epochs} epochs, {seeds} seed(s), checks at FPR "
+            f"{args.fpr:g} per check, sanitizer k={DEFAULT_BITS['F32']}; "
+            f"{time.perf_counter() - start:.0f} s)",
+            attack_table(summary, DEFAULT_BITS["F32"]),
+            "Sanitizer cost on the honest corpus (holdout accuracy, percentage points):",
+            honest_cost_table(),
+            (
+                f"Throughput on {args.throughput_mb} MB of F32: low-bit scan "
+                f"{speed['scan']} GB/s, sanitizer {speed['sanitize']} GB/s"
+                if speed
+                else ""
+            ),
+        ]
+    )
+    if args.json:
+        print(json.dumps({"runs": rows, "summary": summary, "throughput": speed, "markdown": text}))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""White-box exfiltration attacks of Song et al. (CCS 2017), as algorithm packages, with decoders.
+
+Each attack is a provider's algorithm package (model.py + train.py, the contract of
+DESIGN.md section 4) generated from the templates in `packages/` with its
+parameters, plus a decoder that rebuilds training records from the released
+weights using only what the attacker knows (`Knowledge`: its own code, parameters,
+seeds and key, and the public task schema) - never the dataset.
+
+| attack | strength | where the data goes |
+| --- | --- | --- |
+| `lsb` | k low mantissa bits | raw record bytes in the low k bits of every F32 weight |
+| `lsb_encrypted` | k | the same, XORed with a SHAKE-256 stream keyed by the attacker |
+| `correlated` | lambda | first-layer weights correlated with record values (regulariser) |
+| `sign` | lambda | weight signs equal record bits (regulariser) |
+| `honest` | - | nothing: the baseline for accuracy and for the checks |
+
+The LSB attacks are removed by the sanitizer whatever their encoding; the
+regulariser attacks live in high-order structure and are what the weight checks
+must flag.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from sandbox.redteam import payload
+
+PACKAGES: Final = Path(__file__).resolve().parent / "packages"
+_PARAMS_LINE: Final = "PARAMS: dict = {}  # replaced by make_package"
+
+
+@dataclass(frozen=True)
+class Attack:
+    """An attack family: its template, default parameters and the strength it sweeps."""
+
+    name: str
+    template: str
+    defaults: Mapping[str, Any]
+    strength: str | None = None  # the parameter a sweep varies
+    sweep: tuple[float, ...] = ()
+    description: str = ""
+
+
+#: Training shared by every package (the digits example's recipe).
+TRAINING: Final[Mapping[str, Any]] = {
+    "epochs": 30,
+    "lr": 3e-3,
+    "batch_size": 64,
+    "seed": 0,
+    "threads": 1,
+}
+#: The public task schema the attacker designs for: digits, pixels 0..16.
+DIGITS: Final[Mapping[str, Any]] = {
+    "encoding": "u8",
+    "value_range": [0.0, 16.0],
+    "input_scale": 1.0 / 16.0,
+    "hidden": 128,
+}
+
+ATTACKS: Final[dict[str, Attack]] = {
+    "honest": Attack("honest", "honest", {}, description="no payload"),
+    "lsb": Attack(
+        "lsb",
+        "lsb",
+        {"k": 16},
+        "k",
+        (4, 8, 12, 16, 19, 20, 22),
+        "raw records in the low k mantissa bits",
+    ),
+    "lsb_encrypted": Attack(
+        "lsb_encrypted",
+        "lsb",
+        {"k": 16, "key": "6b657931323334353637383961626364"},
+        "k",
+        (4, 8, 12, 16, 19, 20, 22),
+        "encrypted records in the low k mantissa bits",
+    ),
+    "correlated": Attack(
+        "correlated",
+        "correlated",
+        {"lam": 3.0, "tensor": "net.1.weight"},
+        "lam",
+        (0.1, 0.3, 1.0, 3.0, 10.0),
+        "first-layer weights correlated with record pixels",
+    ),
+    "sign": Attack(
+        "sign",
+        "sign",
+        {"lam": 30.0},
+        "lam",
+        (1.0, 3.0, 10.0, 30.0, 100.0),
+        "weight signs set to record bits",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Everything the attacker knows after writing the package: never the data."""
+
+    attack: str
+    params: dict[str, Any]
+    input_shape: tuple[int, ...]
+    value_range: tuple[float, float]
+
+    @property
+    def features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "attack": self.attack,
+                "params": self.params,
+                "input_shape": list(self.input_shape),
+                "value_range": list(self.value_range),
+            },
+            sort_keys=True,
+        )
+
+
+def attack_params(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full parameter set of attack `name`: training, schema, defaults, overrides."""
+    attack = ATTACKS[name]
+    params: dict[str, Any] = {**TRAINING, **DIGITS, **attack.defaults, "attack": name}
+    unknown = set(overrides) - set(params)
+    if unknown:
+        raise ValueError(f"unknown parameters for {name}: {sorted(unknown)}")
+    params.update(overrides)
+    return params
+
+
+def make_package(
+    name: str, dest: Path, *, input_shape: tuple[int, ...] = (64,), **overrides: Any
+) -> Knowledge:
+    """Write attack `name`'s algorithm package into `dest` (created; must not exist)."""
+    attack = ATTACKS[name]
+    params = attack_params(name, **overrides)
+    dest.mkdir(parents=True)
+    common = PACKAGES / "common"
+    model = (common / "model.py").read_text()
+    model = model.replace(
+        "INPUT_SCALE = 1.0 / 16.0  # replaced by make_package",
+        f"INPUT_SCALE = {float(params['input_scale'])!r}",
+    ).replace("HIDDEN = 128  # replaced by make_package", f"HIDDEN = {int(params['hidden'])}")
+    (dest / "model.py").write_text(model)
+    shutil.copyfile(common / "trainlib.py", dest / "trainlib.py")
+    shutil.copyfile(Path(payload.__file__), dest / "payload.py")
+    train = (PACKAGES / attack.template / "train.py").read_text()
+    if _PARAMS_LINE not in train:
+        raise RuntimeError(f"template {attack.template}/train.py lacks its PARAMS line")
+    train = train.replace(_PARAMS_LINE, f"PARAMS: dict = {params!r}")
+    (dest / "train.py").write_text(train)
+    (dest / "algorithm.toml").write_text(
+        f'name = "redteam-{name}"\nversion = "1.0.0"\n\n[hyperparameters]\n'
+        f"epochs = {int(params['epochs'])}\nbatch_size = {int(params['batch_size'])}\n"
+        f"lr = {float(params['lr'])!r}\n"
+    )
+    lo, hi = params["value_range"]
+    return Knowledge(name, params, tuple(int(d) for d in input_shape), (float(lo), float(hi)))
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a decoder got out: records in the data's units, and the raw bits if any."""
+
+    records: npt.NDArray[np.float64]
+    bits: npt.NDArray[np.uint8] | None = None
+
+
+def decode(model_tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge) -> Decoded:
+    """Rebuild training records from released weights with the attacker's knowledge."""
+    decoders = {
+        "lsb": _decode_lsb,
+        "lsb_encrypted": _decode_lsb,
+        "correlated": _decode_correlated,
+        "sign": _decode_sign,
+    }
+    decoder = decoders.get(knowledge.attack)
+    if decoder is None:
+        return Decoded(np.zeros((0, knowledge.features)))
+    return decoder(model_tensors, knowledge)
+
+
+def _clip(records: npt.NDArray[np.float64], knowledge: Knowledge) -> npt.NDArray[np.float64]:
+    lo, hi = knowledge.value_range
+    return np.clip(records, lo, hi)
+
+
+def _bit_records(
+    secret_bits: npt.NDArray[np.uint8], knowledge: Knowledge
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+    """Bits as carried -> (records, plaintext bits)."""
+    data = payload.from_bits(secret_bits)
+    key = knowledge.params.get("key")
+    if key:
+        data = payload.xor(data, bytes.fromhex(key))
+    records = payload.decode_records(data, knowledge.features, knowledge.params["encoding"])
+    return _clip(records, knowledge), payload.to_bits(data)
+
+
+def lsb_capacity_records(carrier: int, knowledge: Knowledge) -> int:
+    per_record = payload.bytes_per_record(knowledge.features, knowledge.params["encoding"])
+    return carrier * int(knowledge.params["k"]) // (8 * per_record)
+
+
+def _decode_lsb(tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge) -> Decoded:
+    k = int(knowledge.params["k"])
+    flat = payload.flat_carrier(tensors)
+    n = lsb_capacity_records(flat.size, knowledge)
+    per_record = payload.bytes_per_record(knowledge.features, knowledge.params["encoding"])
+    carried = payload.read_low_bits(flat.view(np.uint32), k, n * per_record * 8)
+    records, bits = _bit_records(carried, knowledge)
+    return Decoded(records, bits)
+
+
+def _decode_sign(tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge) -> Decoded:
+    flat = payload.flat_carrier(tensors)
+    per_record = payload.bytes_per_record(knowledge.features, knowledge.params["encoding"])
+    n = flat.size // (8 * per_record)
+    carried = (flat[: n * per_record * 8] > 0).astype(np.uint8)
+    records, bits = _bit_records(carried, knowledge)
+    return Decoded(records, bits)
+
+
+def _decode_correlated(
+    tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge
+) -> Decoded:
+    """Song et al.'s decoding: each record's weights, min-max scaled to the value range."""
+    theta = np.asarray(tensors[knowledge.params["tensor"]], dtype=np.float64).reshape(-1)
+    d = knowledge.features
+    n = theta.size // d
+    rows = theta[: n * d].reshape(n, d)
+    lo, hi = knowledge.value_range
+    low = rows.min(axis=1, keepdims=True)
+    span = np.maximum(rows.max(axis=1, keepdims=True) - low, 1e-12)
+    return Decoded(lo + (rows - low) / span * (hi - lo))
+
+
+def true_bits(
+    x: npt.NDArray[np.floating], n_records: int, knowledge: Knowledge
+) -> npt.NDArray[np.uint8]:
+    """The plaintext bits an attack meant to carry (for scoring; needs the data)."""
+    return payload.to_bits(payload.encode_records(x[:n_records], knowledge.params["encoding"]))

@@ -1,0 +1,120 @@
+"""The whole battery and the pipeline step: checks on a gated model, then the sanitizer."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from sandbox.checks import (
+    CHECKS,
+    ChecksSettings,
+    check_and_sanitize,
+    read_safetensors,
+    run_checks,
+)
+from sandbox.demo import sample_dataset
+from sandbox.gate import TensorSpec, gate_output
+from sandbox.policy.model import GateRules
+
+
+def _model(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "net.1.weight": rng.normal(0, 0.1, (128, 64)).astype(np.float32),
+        "net.1.bias": rng.normal(0, 0.1, 128).astype(np.float32),
+        "net.3.weight": rng.normal(0, 0.1, (10, 128)).astype(np.float32),
+        "net.3.bias": rng.normal(0, 0.1, 10).astype(np.float32),
+    }
+
+
+def _pixels() -> np.ndarray:
+    return sample_dataset("digits")[0][:400]
+
+
+def _lsb_attack(model: dict[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+    w = model["net.1.weight"].reshape(-1).view(np.uint32).copy()
+    payload = x.reshape(-1)[: w.size].astype(np.uint32)
+    w = (w & ~np.uint32(0xFF)) | payload
+    return {**model, "net.1.weight": w.view(np.float32).reshape(128, 64)}
+
+
+def test_run_checks_reports_every_check_with_and_without_data() -> None:
+    x = _pixels()
+    results = run_checks(_model(), x)
+    assert [r.name for r in results] == list(CHECKS)
+    json.dumps([r.to_dict() for r in results])
+    without = run_checks(_model())
+    assert [r.name for r in without] == [n for n, s in CHECKS.items() if not s.needs_data]
+    only = run_checks(_model(), x, enabled=["sign_runs"], thresholds={"sign_runs": 0.0})
+    assert len(only) == 1 and only[0].threshold == 0.0 and only[0].verdict == "flag"
+    with pytest.raises(ValueError, match="unknown checks"):
+        run_checks(_model(), enabled=["nope"])
+
+
+def test_shipped_thresholds_flag_raw_lsb_and_pass_random_weights() -> None:
+    x = _pixels()
+    clean = {r.name: r.verdict for r in run_checks(_model(), x)}
+    # random normal weights are not trained weights; only these checks judge them fairly
+    for name in ("lowbit_patterned", "lowbit_serial", "data_correlation", "data_sign_agreement"):
+        assert clean[name] == "pass", name
+    attacked = {r.name: r.verdict for r in run_checks(_lsb_attack(_model(), x), x)}
+    assert attacked["lowbit_patterned"] == "flag"
+
+
+def _gated(tmp_path: Path, tensors: dict[str, np.ndarray], name: str = "job") -> Path:
+    tmp_path = tmp_path / name
+    out = tmp_path / "out"
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "model.safetensors"))
+    specs = {n: TensorSpec("F32", t.shape) for n, t in tensors.items()}
+    dest = tmp_path / "candidate.safetensors"
+    gate_output(out, specs, GateRules(), dest)
+    return dest
+
+
+def test_check_and_sanitize_on_a_gated_candidate(tmp_path: Path) -> None:
+    x = _pixels()
+    candidate = _gated(tmp_path, _lsb_attack(_model(), x))
+    sanitized = tmp_path / "sanitized.safetensors"
+    outcome = check_and_sanitize(candidate, sanitized, x)
+    assert "lowbit_patterned" in [r.name for r in outcome.flagged]
+    assert (
+        outcome.sanitized is not None
+        and outcome.sanitized.randomised == 128 * 64 + 128 + 10 * 128 + 10
+    )
+    entries = outcome.report_entries()
+    assert entries[-1]["name"] == "sanitizer" and entries[-1]["details"]["bits"]["F32"] >= 8
+    json.dumps(entries)
+    # after sanitising, the payload and its pattern are gone
+    clean = {n: t.data for n, t in read_safetensors(sanitized).items()}
+    after = {r.name: r.verdict for r in run_checks(clean, x)}
+    assert after["lowbit_patterned"] == "pass"
+    assert set(outcome.seconds) == {"checks", "sanitize"}
+
+
+def test_settings_select_checks_and_can_skip_data_and_sanitizing(tmp_path: Path) -> None:
+    candidate = _gated(tmp_path, _model())
+    settings = ChecksSettings(enabled=("sign_balance", "data_correlation"), data_checks=False)
+    outcome = check_and_sanitize(candidate, None, _pixels(), settings)
+    assert [r.name for r in outcome.results] == ["sign_balance"]
+    assert outcome.sanitized is None
+    with pytest.raises(ValueError, match="unknown checks"):
+        ChecksSettings(enabled=("nope",))
+    with pytest.raises(ValueError, match="fpr"):
+        ChecksSettings(fpr=1.5)
+
+
+def test_policy_check_names_match_the_battery_once_wired() -> None:
+    """Once the policy model has a `checks` section, its names must be the battery's."""
+    import typing
+
+    from sandbox.policy import model
+
+    rules = getattr(model, "CheckRules", None)
+    if rules is None:
+        pytest.skip("the policy has no checks section yet")
+    enabled = rules.model_fields["enabled"].annotation
+    (names,) = typing.get_args(enabled)[:1]
+    assert set(typing.get_args(names)) == set(CHECKS)

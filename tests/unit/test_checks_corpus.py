@@ -1,0 +1,78 @@
+"""The corpus and attack benchmarks' pure helpers (no training), so that bench/ does not rot."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bench import attacks, corpus
+
+
+def test_corpus_configs_are_deterministic_and_varied() -> None:
+    configs = corpus.corpus_configs(120)
+    assert configs == corpus.corpus_configs(120)
+    assert len({c.key() for c in configs}) == 120
+    kinds = Counter((c.dataset, c.arch) for c in configs)
+    assert set(kinds) == {("digits", "mlp"), ("digits", "cnn"), ("breast_cancer", "mlp")}
+    assert {c.optimizer for c in configs} == {"sgd", "adam"}
+    assert len({c.weight_decay for c in configs}) >= 3 and len({c.epochs for c in configs}) >= 3
+    assert len({len(c.hidden) for c in configs if c.arch == "mlp"}) >= 3
+
+
+def test_cache_lives_outside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert str(corpus.cache_dir()) == "/somewhere/sandbox/corpus"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(corpus.cache_dir()).endswith(".cache/sandbox/corpus")
+
+
+def test_holdout_fpr_calibrates_on_one_half_and_counts_on_the_other() -> None:
+    rng = np.random.default_rng(0)
+    rows = [
+        {"sign_runs": float(v), "lowbit_uniform": float(u)}
+        for v, u in zip(rng.normal(size=400), rng.normal(size=400), strict=True)
+    ]
+    table = corpus.holdout_fprs(rows, (0.05,))
+    assert 0.02 <= table["sign_runs"]["0.05"] <= 0.09
+    assert 0.02 <= table["lowbit_uniform"]["0.05"] <= 0.09
+    assert table["sign_runs"]["0.05"] <= table["any"]["0.05"] <= 0.2
+    even, odd = corpus.split_halves(5)
+    assert even == [0, 2, 4] and odd == [1, 3]
+
+
+def test_bf16_rounding_is_to_nearest_even() -> None:
+    values = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, -2.5], dtype=np.float32)
+    bits = corpus._to_bf16(values)
+    back = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert back.tolist() == [1.0, 1.0, 1.0 + 4 * 2**-8, -2.5]
+
+
+def test_attack_summary_and_table() -> None:
+    def row(name: str, strength: float | None, flagged: list[str], acc: float) -> dict:
+        extraction = {"bit_accuracy": 1.0, "fraction_recovered": 1.0, "mean_abs_error": 0.0}
+        after = {"bit_accuracy": 0.5, "fraction_recovered": 0.0, "mean_abs_error": 10.0}
+        return {
+            "attack": name,
+            "strength": strength,
+            "accuracy": acc,
+            "sanitized_accuracy": acc,
+            "flagged": flagged,
+            "before": extraction,
+            "after": after,
+        }
+
+    rows = [
+        row("honest", None, [], 0.95),
+        row("lsb", 16.0, ["lowbit_patterned"], 0.96),
+        row("lsb", 16.0, [], 0.94),
+    ]
+    summary = {(s["attack"], s["strength"]): s for s in attacks.summarise(rows)}
+    lsb = summary[("lsb", 16.0)]
+    assert lsb["detection_rate"] == 0.5 and lsb["flagged_by"] == {"lowbit_patterned": 0.5}
+    assert lsb["honest_accuracy"] == 0.95 and lsb["accuracy"] == 0.95
+    table = attacks.attack_table(list(summary.values()), 19).splitlines()
+    assert table[0].startswith("| attack") and "after k=19" in table[0]
+    assert len({len(line) for line in table}) == 1
+    jobs = attacks.jobs_for(2, 5, 0.01, quick=True)
+    assert {j[0] for j in jobs} == {"honest", "lsb", "lsb_encrypted", "correlated", "sign"}
+    assert all(j[3] == 5 for j in jobs) and len(jobs) == 10
