@@ -109,6 +109,10 @@ class _Cancelled(Exception):
     """The job was cancelled while it ran; stop quietly."""
 
 
+class _Interrupted(Exception):
+    """The server is stopping; the job ends failed, without a decision."""
+
+
 def _clean_reason(text: str) -> str:
     """Reasons are stored as printable text of bounded length."""
     flat = "".join(ch if ch.isprintable() else " " for ch in text)
@@ -170,11 +174,19 @@ class Platform:
         self._scheduler.start()
         return failed
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop scheduling, stop the running jobs (they end `failed`: "orchestrator
+        stopped during STATE"), and wait for their clean-up."""
         self._stopping.set()
         self._notify()
         if self._scheduler is not None:
             self._scheduler.join(timeout_s)
+        with self._cond:
+            running = list(self._running)
+        for job_id in running:
+            self.executor.stop(job_id)
+        if not self.wait_idle(timeout_s):
+            log.warning("jobs still running at shutdown; the next start reconciles them")
         self._audit_log.close()
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -620,8 +632,11 @@ class Platform:
         except _Cancelled:
             log.info("job %s was cancelled", job.id)
         except Exception:
-            log.exception("job %s failed", job.id)
-            self._fail(job, current[0], "the job stopped on an internal error")
+            if self._stopping.is_set():
+                self._fail(job, current[0], f"orchestrator stopped during {current[0].value}")
+            else:
+                log.exception("job %s failed", job.id)
+                self._fail(job, current[0], "the job stopped on an internal error")
         finally:
             if device and self.gpu_pool:
                 self.gpu_pool.release(device)
@@ -675,6 +690,8 @@ class Platform:
                 raise
             except SandboxError as error:  # refused before any container (bad input)
                 reasons, decision = [_clean_reason(error.message)], Decision.REJECTED
+        if self._stopping.is_set():  # its containers were killed: no decision
+            raise _Interrupted
         advance(JobState.DECIDE)
         if decision is Decision.REJECTED:
             advance(JobState.DONE, decision=decision, reasons=reasons)

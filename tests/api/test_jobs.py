@@ -330,3 +330,28 @@ def test_a_gpu_policy_gets_one_dedicated_gpu_per_job(env: Env, tmp_path: Path) -
     _finished(env, "alice", second.id)
     assert env.executor.devices == ["GPU-a", "GPU-a"]
     assert env.server.platform.gpu_pool.free == 1
+
+
+def test_stopping_the_server_fails_running_jobs_cleanly(
+    env: Env, tmp_path: Path, backend: str
+) -> None:
+    env.executor.mode = "block"
+    dataset, algorithm = _setup(env, tmp_path)
+    job = env.client("alice").submit(dataset, algorithm, "default")
+    for seen in env.client("alice").watch(job.id, timeout_s=30):
+        if seen.state == "train":
+            break
+    store = env.server.platform.store
+    env.server.stop()
+    assert env.executor.stopped == [job.id]
+    if backend == "sqlite":
+        store = SqliteMetadataStore(env.state / "metadata.sqlite")
+    final = store.get_job(job.id)
+    assert (final.state, final.reasons) == (
+        JobState.FAILED,
+        ("orchestrator stopped during train",),
+    )
+    assert final.decision is None
+    assert [p.name for p in (env.state / "work").iterdir()] == []
+    with open("/proc/self/mounts") as mounts:
+        assert not [line for line in mounts if str(env.state) in line]
