@@ -107,6 +107,8 @@ def job_report(client: Client, job_id: str, out: Path | None) -> tuple[dict[str,
             (out / "attestation.json").write_text(view.attestation_json)
         if view.logs:
             (out / "logs.txt").write_bytes(view.logs)
+        # the platform's public key: `sandbox verify out/attestation.json --key out/platform.pem`
+        (out / "platform.pem").write_text(client.public_key().pem)
     return report, json.dumps(report, indent=2)
 
 

@@ -113,6 +113,7 @@ def test_the_commands_end_to_end(
     )
     assert code == 0 and report["utility"]["released_accuracy"] == 0.95
     assert (tmp_path / "r" / "logs.txt").exists()
+    assert (tmp_path / "r" / "platform.pem").read_text().startswith("-----BEGIN PUBLIC KEY")
     code, text = run(capsys, "job", "show", job["id"], "--config", owner)
     assert code == 0 and "done (released)" in text
 
