@@ -191,3 +191,40 @@ def test_client_errors_carry_catalog_exit_codes(env: Env, tmp_path: Path) -> Non
     with pytest.raises(LimitExceeded) as limit:
         env.client("alice").upload_dataset(huge, "huge")
     assert limit.value.exit_code == 3
+
+
+def test_list_calls_paginate(env: Env, tmp_path: Path) -> None:
+    import shutil
+
+    from sandbox.api.gen.sandbox.v1 import algorithm_pb2 as alg
+
+    bob = env.client("bob")
+    uploaded = set()
+    for version in ("1", "2", "3"):
+        package = tmp_path / f"v{version}"
+        shutil.copytree(EXAMPLE_ALGORITHM, package, ignore=shutil.ignore_patterns("__pycache__"))
+        toml = package / "algorithm.toml"
+        toml.write_text(
+            "\n".join(
+                f'version = "{version}"' if line.startswith("version") else line
+                for line in toml.read_text().splitlines()
+            )
+        )
+        uploaded.add(bob.upload_algorithm(package).id)
+    first = bob.algorithms.ListAlgorithms(alg.ListAlgorithmsRequest(page_size=2))
+    assert len(first.algorithms) == 2 and first.next_page_token
+    second = bob.algorithms.ListAlgorithms(
+        alg.ListAlgorithmsRequest(page_size=2, page_token=first.next_page_token)
+    )
+    assert len(second.algorithms) == 1 and second.next_page_token == ""
+    assert {a.id for a in (*first.algorithms, *second.algorithms)} == uploaded
+    assert (
+        list(env.client("pete").algorithms.ListAlgorithms(alg.ListAlgorithmsRequest()).algorithms)
+        == []
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        bob.algorithms.ListAlgorithms(alg.ListAlgorithmsRequest(page_token="garbage"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        bob.algorithms.ListAlgorithms(alg.ListAlgorithmsRequest(page_size=100000))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
