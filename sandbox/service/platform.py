@@ -26,7 +26,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -227,11 +227,11 @@ class Platform:
                 failed.append(job.id)
         return failed
 
-    def _all_jobs(self, **filters: object) -> list[Job]:
+    def _all_jobs(self, states: Collection[JobState]) -> list[Job]:
         jobs: list[Job] = []
         token: str | None = None
         while True:
-            page = self.store.list_jobs(page_size=500, page_token=token, **filters)  # type: ignore[arg-type]
+            page = self.store.list_jobs(states=states, page_size=500, page_token=token)
             jobs.extend(page.items)
             if page.next_page_token is None:
                 return jobs
@@ -281,6 +281,7 @@ class Platform:
                     open(plain, "rb") as src,
                     self.blobs.writer(max_bytes=self.limits.max_dataset_bytes * 2) as sealed,
                 ):
+                    # a BlobWriter is write-only: all encrypt_stream needs of its dst
                     info = encrypt_stream(src, sealed, dataset_id, self.master)  # type: ignore[arg-type]
                     check_digest(header, info.sha256_plaintext)
                     blob = sealed.commit().sha256
