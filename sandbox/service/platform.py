@@ -38,6 +38,7 @@ from sandbox.audit import AuditLog, key_id, public_key_pem
 from sandbox.errors import (
     FailedPrecondition,
     InvalidInput,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     SandboxError,
@@ -124,6 +125,8 @@ class Limits:
     max_dataset_bytes: int = 2 << 30
     max_algorithm_bytes: int = 50 * MiB
     max_model_bytes: int = 4 << 30
+    #: uploads in flight at once: each holds its declared size in a tmpfs (memory)
+    max_concurrent_uploads: int = 4
 
 
 class Platform:
@@ -157,6 +160,7 @@ class Platform:
         self._scheduler: threading.Thread | None = None
         self._parties: dict[str, Role] = {}
         self._audit_log = AuditLog(state.audit_log, signing_key)
+        self._uploads = threading.BoundedSemaphore(self.limits.max_concurrent_uploads)
 
     def _audit(self, kind: str, who: Identity, subject: dict[str, str], **data: object) -> None:
         """Every party's action that changes something goes to the hash-chained log."""
@@ -258,8 +262,19 @@ class Platform:
 
     # ------------------------------------------------------------ uploads
 
-    def _upload_space(self) -> JobWorkspace:
-        return JobWorkspace(self.state.work, f"upload-{secrets.token_hex(8)}")
+    @contextlib.contextmanager
+    def _upload_space(self) -> Iterator[JobWorkspace]:
+        """A private workspace for one upload, if fewer than the limit are in flight."""
+        if not self._uploads.acquire(blocking=False):
+            raise LimitExceeded(
+                f"the server is receiving {self.limits.max_concurrent_uploads} uploads "
+                "already; try again in a moment"
+            )
+        try:
+            with JobWorkspace(self.state.work, f"upload-{secrets.token_hex(8)}") as space:
+                yield space
+        finally:
+            self._uploads.release()
 
     def upload_dataset(
         self, who: Identity, header: UploadHeader, chunks: Iterable[bytes]

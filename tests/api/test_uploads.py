@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,33 @@ def test_list_calls_paginate(env: Env, tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         bob.algorithms.ListAlgorithms(alg.ListAlgorithmsRequest(page_size=100000))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_uploads_are_bounded(env: Env, tmp_path: Path) -> None:
+    """Each upload holds its declared size in memory (tmpfs): only so many at once."""
+    import threading
+
+    limit = env.server.platform.limits.max_concurrent_uploads
+    data = _digits(tmp_path)
+    gate = threading.Event()
+
+    def stalled() -> Iterator[object]:
+        requests = _requests(data)
+        yield next(requests)
+        gate.wait(30)  # hold the upload open
+        yield from requests
+
+    clients = [env.new_client("alice") for _ in range(limit)]
+    futures = [c.datasets.UploadDataset.future(stalled(), timeout=60) for c in clients]
+    deadline = time.monotonic() + 10
+    while len(list((env.state / "work").glob("upload-*"))) < limit:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    error = _upload(env, _requests(data))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "uploads already" in error.details()
+    gate.set()
+    assert all(f.result().num_classes == 10 for f in futures)
+    for client in clients:
+        client.close()
+    env.client("alice").upload_dataset(tmp_path / "digits.npz", "after")  # slots are free again
