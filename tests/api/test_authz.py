@@ -205,3 +205,23 @@ def test_a_method_the_server_does_not_know_is_unimplemented(env: Env) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         call(b"")
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_no_rpc_returns_a_datasets_contents() -> None:
+    """Bytes leave the server only as a released model: one RPC streams Chunks."""
+    streams_bytes = [
+        name
+        for name, method in all_methods()
+        if method.output_type.full_name == "sandbox.v1.Chunk"  # type: ignore[attr-defined]
+        or any(
+            f.type == f.TYPE_BYTES and f.name != "logs"
+            for f in method.output_type.fields  # type: ignore[attr-defined]
+        )
+    ]
+    assert streams_bytes == ["/sandbox.v1.ModelService/DownloadModel"]
+    dataset_rpcs = [n for n, _ in all_methods() if "/sandbox.v1.DatasetService/" in n]
+    assert sorted(dataset_rpcs) == [
+        "/sandbox.v1.DatasetService/GetDataset",
+        "/sandbox.v1.DatasetService/ListDatasets",
+        "/sandbox.v1.DatasetService/UploadDataset",
+    ]
