@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.dp import BudgetLedger, DPPlan, DPSettings, Hints, check_dp_report, make_plan
-from sandbox.errors import InvalidInput, NotFound
+from sandbox.errors import InvalidInput, LimitExceeded, NotFound
 from sandbox.gate import gate_output
 from sandbox.pipeline import containers
 from sandbox.pipeline.algorithm import AlgorithmPackage
@@ -69,37 +69,45 @@ class Budgeting:
             self.ledger.set_budget(self.dataset_id, policy.dp.budget_epsilon, delta)
 
     def reserve(self, policy: Policy, package: AlgorithmPackage, train: Dataset) -> None:
-        """Before any container: plan DP (when the policy may need it) and reserve its cost."""
+        """Before any container: plan DP when the policy may need it; reserve what is known.
+
+        `always` reserves the DP cost now, so an over-budget job never starts. `never`
+        reserves an unbounded charge now (refused when the dataset forbids non-DP
+        releases). `on_suspicion` reserves when a check asks for DP retraining; until
+        then nothing is charged.
+        """
         self.ensure_budget(policy)
-        if policy.dp.mode == "never":
-            self.ledger.reserve(
-                self.dataset_id,
-                self.job_id,
-                math.inf,
-                0.0,
-                allow_unbounded=policy.dp.allow_non_dp_release,
-            )
-        else:
+        mode = policy.dp.mode
+        if mode != "never":
             hints = Hints.from_mapping(package.hyperparameters)
             self.plan = make_plan(dp_settings(policy), hints, len(train.y))
-            self.ledger.reserve(self.dataset_id, self.job_id, self.plan.epsilon, self.plan.delta)
+        if mode == "always":
+            assert self.plan is not None
+            self._reserve(self.plan.epsilon, self.plan.delta, unbounded=False)
+        elif mode == "never":
+            self._reserve(math.inf, 0.0, unbounded=policy.dp.allow_non_dp_release)
+
+    def reserve_dp(self) -> None:
+        """Just before DP retraining under `on_suspicion`: LimitExceeded if it cannot pay."""
+        if self.reserved or self.plan is None:
+            return
+        self._reserve(self.plan.epsilon, self.plan.delta, unbounded=False)
+
+    def _reserve(self, epsilon: float, delta: float, *, unbounded: bool) -> None:
+        self.ledger.reserve(self.dataset_id, self.job_id, epsilon, delta, allow_unbounded=unbounded)
         self.reserved = True
 
     def settle(self, policy: Policy, decision: str) -> None:
         """When the job ends: pay for what was released or trained, return the rest."""
+        released = decision != "rejected"
+        plain_release = released and decision != "released_dp"
+        if plain_release and self.plan is not None:
+            # Planned for DP but released the provider's model: that costs "unbounded".
+            if self.reserved:
+                self.ledger.cancel(self.dataset_id, self.job_id)
+            self._reserve(math.inf, 0.0, unbounded=policy.dp.allow_non_dp_release)
         if not self.reserved:
             return
-        released = decision != "rejected"
-        if released and decision != "released_dp" and self.plan is not None:
-            # Planned for DP but released the provider's model: that costs "unbounded".
-            self.ledger.cancel(self.dataset_id, self.job_id)
-            self.ledger.reserve(
-                self.dataset_id,
-                self.job_id,
-                math.inf,
-                0.0,
-                allow_unbounded=policy.dp.allow_non_dp_release,
-            )
         if released or self.dp_started:
             self.ledger.commit(self.dataset_id, self.job_id)
         else:
@@ -121,6 +129,10 @@ def dp_retrain(ctx: JobContext, budgeting: Budgeting, arch: Architecture) -> Pat
     (dpwork / "dp_config.json").write_bytes(plan.to_json())
     for name in ("model.pt2", "dp_config.json"):
         os.chmod(dpwork / name, 0o444)
+    try:
+        budgeting.reserve_dp()
+    except LimitExceeded as over:
+        raise StepFailed(f"dp-retrain: {over.message}") from over
     out = ws.output_dir("dp", policy.limits.output_mb)
     budgeting.dp_started = True  # from here the charge is spent, whatever happens
     ctx.run(

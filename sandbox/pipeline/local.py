@@ -184,13 +184,21 @@ def _pipeline(
             out = steps.train(ctx, package)
         with ctx.timed("gate", "validating the output at the egress gate"):
             candidates["candidate"] = steps.gate(ctx, out, arch)
+        with ctx.timed("checks", "weight checks and the low-bit sanitizer"):
+            checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train)
+        names = ["candidate"]
+        if sanitized is not None:
+            candidates["sanitized"] = sanitized
+            names.append("sanitized")
         with ctx.timed("utility", "measuring holdout accuracy"):
-            accuracy = steps.evaluate(ctx, test, ["candidate"], "evaluate")
-        report.utility = {
-            "holdout_n": len(test.y),
-            "candidate_accuracy": round(accuracy["candidate"], 6),
-        }
-        results = StepResults(candidate_accuracy=accuracy["candidate"])
+            accuracy = steps.evaluate(ctx, test, names, "evaluate")
+        report.utility = {"holdout_n": len(test.y)}
+        report.utility |= {f"{name}_accuracy": round(a, 6) for name, a in accuracy.items()}
+        results = StepResults(
+            checks=checks,
+            candidate_accuracy=accuracy["candidate"],
+            sanitized_accuracy=accuracy.get("sanitized"),
+        )
     except (StepFailed, GateViolation, InvalidInput) as failure:
         if isinstance(failure, GateViolation):
             report.gate = {"verdict": "fail", "reason": failure.message}

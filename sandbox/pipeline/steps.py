@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from sandbox.checks.step import ChecksSettings, check_and_sanitize
 from sandbox.gate import TensorSpec, gate_output
 from sandbox.pipeline import containers
 from sandbox.pipeline.algorithm import AlgorithmPackage, unpack_algorithm
@@ -22,6 +23,7 @@ from sandbox.pipeline.dataset import (
     split_holdout,
     write_npz,
 )
+from sandbox.policy.decide import CheckOutcome
 from sandbox.runner.base import BindMount
 
 
@@ -173,3 +175,34 @@ def evaluate(ctx: JobContext, test: Dataset, names: list[str], step: str) -> dic
     except (ValueError, KeyError, TypeError) as error:
         raise StepFailed(f"{step}: malformed metrics ({error})") from error
     return accuracies
+
+
+def weight_checks(
+    ctx: JobContext, candidate: Path, train: Dataset
+) -> tuple[tuple[CheckOutcome, ...], Path | None]:
+    """Step 4, weight side: the policy's checks on the gated candidate, then the sanitizer.
+
+    Runs on the host with numpy over the canonical file the gate wrote (no provider
+    code); the data-aware checks use the training split, which only the platform has.
+    """
+    rules = ctx.policy.checks
+    sanitized = ctx.workspace.path / "work" / "sanitized.safetensors" if rules.sanitize else None
+    settings = ChecksSettings(
+        enabled=tuple(rules.enabled),
+        # Bonferroni: the policy's rate bounds an honest model being flagged by ANY check.
+        fpr=rules.fpr / max(1, len(rules.enabled)),
+        sanitize=rules.sanitize,
+        sanitize_bits={str(k): v for k, v in rules.sanitize_bits.items()}
+        if rules.sanitize_bits
+        else None,
+        data_checks=rules.data_checks,
+    )
+    outcome = check_and_sanitize(candidate, sanitized, train.x, settings)
+    if sanitized is not None:
+        os.chmod(sanitized, 0o444)
+    ctx.report.checks = outcome.report_entries()
+    verdicts = tuple(
+        CheckOutcome(r.name, "flag" if r.verdict == "flag" else "pass", r.explanation)
+        for r in outcome.results
+    )
+    return verdicts, sanitized

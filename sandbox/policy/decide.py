@@ -40,7 +40,7 @@ class DecisionRules:
 
     dp_mode: DPMode = "never"
     utility_floor: float = 0.0  # minimum holdout accuracy of whatever is released
-    max_sanitize_drop: float = 0.01  # sanitized may lose at most this much accuracy
+    max_sanitize_drop: float = 0.02  # sanitized may lose at most this much accuracy
 
 
 @dataclass(frozen=True)

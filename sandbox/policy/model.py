@@ -6,6 +6,7 @@ every field carries its bounds so an invalid file is explained field by field.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,6 +60,36 @@ class Quotas(_Strict):
     jobs_per_dataset_per_day: int = Field(50, ge=0, le=100000)
 
 
+CheckName = Literal[
+    "lowbit_patterned",
+    "lowbit_uniform",
+    "lowbit_serial",
+    "sign_balance",
+    "sign_runs",
+    "value_ks",
+    "value_kurtosis",
+    "data_correlation",
+    "data_sign_agreement",
+]
+
+
+class CheckRules(_Strict):
+    """Pipeline step 4, weight side: which checks run, their false-positive rate, the sanitizer."""
+
+    enabled: tuple[CheckName, ...] = typing.get_args(CheckName)
+    fpr: float = Field(
+        0.01,
+        ge=0.0001,
+        le=0.5,
+        description="family-wise false-positive rate: each of the k enabled checks uses fpr/k",
+    )
+    data_checks: bool = Field(True, description="run the checks that use the training data")
+    sanitize: bool = Field(True, description="randomise the low mantissa bits before release")
+    sanitize_bits: dict[Literal["F32", "F16", "BF16", "F64"], int] | None = Field(
+        None, description="low bits per dtype (default: the measured per-dtype defaults)"
+    )
+
+
 class DPRules(_Strict):
     """Forced DP retraining of the declared architecture (sandbox.dp, guest dp_train)."""
 
@@ -105,7 +136,13 @@ class ReleaseRules(_Strict):
         "a job still running then is rejected",
     )
     utility_floor: float = Field(0.0, ge=0, le=1, description="minimum holdout accuracy")
-    max_sanitize_drop: float = Field(0.01, ge=0, le=1)
+    max_sanitize_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="the sanitized model may lose at most this much holdout accuracy "
+        "(at the default k no honest corpus model lost more than 0.0195)",
+    )
 
 
 class Policy(_Strict):
@@ -123,5 +160,6 @@ class Policy(_Strict):
         "required", description="whether the data owner approves each job on their dataset"
     )
     quotas: Quotas = Quotas()
+    checks: CheckRules = CheckRules()
     dp: DPRules = DPRules()
     release: ReleaseRules = ReleaseRules()

@@ -109,7 +109,7 @@ def test_run_json_prints_exactly_the_report(
     assert "Traceback" not in result.stderr
     report = single_json(result.stdout)
     assert report == json.loads((out / "report.json").read_text())
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     assert 0.90 <= report["utility"]["released_accuracy"] <= 1.00
     assert (out / "model.safetensors").is_file()
     assert_nothing_left(work_root, docker_client, report["job_id"])
@@ -355,7 +355,7 @@ def test_demo_json_releases(
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = single_json(result.stdout)
-    assert summary["decision"] == "released", summary["reasons"]
+    assert summary["decision"] == "released_sanitized", summary["reasons"]
     assert summary["verified"] is True
     assert 0.90 <= summary["accuracy"] <= 1.00
     report = summary["report"]

@@ -86,3 +86,35 @@ def test_dp_always_releases_the_platforms_model_and_charges_the_budget(
     )
     assert leftovers == []
     ledger.close()
+
+
+def test_flagged_model_is_replaced_by_a_dp_model_on_suspicion(
+    tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    """An honest linear classifier's weights are class templates: the data-aware checks
+    flag it. Under dp: on_suspicion the provider's weights are discarded, not released."""
+    digits = write_digits(tmp_path / "digits.npz")
+    base = dp_policy("on_suspicion", budget_epsilon=10.0)
+    policy = base.model_copy(
+        update={"checks": base.checks.model_copy(update={"data_checks": True})}
+    )
+    ledger = SqliteBudgetLedger(tmp_path / "ledger.db")
+    algorithm = Path(__file__).parent / "algorithms" / "linear_ok"
+    report = run_local(
+        algorithm,
+        digits,
+        policy,
+        tmp_path / "out",
+        runner=DockerRunner(docker_client),
+        image=runtime_image,
+        work_root=tmp_path / "work",
+        ledger=ledger,
+        dataset_id="digits",
+    )
+    flagged = [c["name"] for c in report.checks if c["verdict"] == "flag"]
+    assert flagged, report.checks
+    assert report.decision == "released_dp", report.reasons
+    assert any("flagged" in reason for reason in report.reasons)
+    assert report.model is not None and report.model["source"] == "dp"
+    assert ledger.budget("digits").remaining_epsilon <= 10.0 - 2.9
+    ledger.close()

@@ -112,6 +112,7 @@ def job(
     yield made
     assert_nothing_left(docker_client, made, dataset_rows)
 
+
 # What a release writes: the model, the report, the attestation (for verifiers), and
 # for the owner only the container logs and the opening of the dataset commitment.
 RELEASED_LISTING = {
@@ -250,7 +251,7 @@ def test_digits_end_to_end_released(
     job.runner.check_runtime(runtime)
     report = run(job, EXAMPLE, digits, policy, runtime_image)
 
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     assert job.runner.steps == ALL_STEPS
     assert report["policy"]["name"] == policy_name
     assert isinstance(report["reasons"], list) and report["reasons"]
@@ -264,7 +265,20 @@ def test_digits_end_to_end_released(
     utility = report["utility"]
     assert utility["holdout_n"] == 359
     assert 0.90 <= utility["candidate_accuracy"] <= 1.00
-    assert utility["released_accuracy"] == utility["candidate_accuracy"]
+    # The default policy releases the sanitized model: low mantissa bits randomised,
+    # accuracy within the policy's allowed drop of the provider's own weights.
+    assert 0.90 <= utility["sanitized_accuracy"] <= 1.00
+    assert utility["released_accuracy"] == utility["sanitized_accuracy"]
+    assert (
+        utility["candidate_accuracy"] - utility["sanitized_accuracy"]
+        <= policy.release.max_sanitize_drop
+    )
+    verdicts = {c["name"]: c["verdict"] for c in report["checks"]}
+    assert verdicts.pop("sanitizer") == "applied"
+    data_aware = {"data_correlation", "data_sign_agreement"}
+    expected = set(policy.checks.enabled) - (set() if policy.checks.data_checks else data_aware)
+    assert set(verdicts) == expected
+    assert set(verdicts.values()) == {"pass"}, verdicts  # an honest model is not flagged
 
     timings = report["timings"]
     assert set(timings) >= {"prepare", "architecture", "train", "gate", "utility", "release"}
@@ -290,7 +304,7 @@ def test_digits_end_to_end_released(
     module = load_module(EXAMPLE).build_model((64,), 10)
     correct, n = host_accuracy(module, model_path, holdout)
     assert n == 359
-    assert round(correct / n, 6) == utility["candidate_accuracy"]
+    assert round(correct / n, 6) == utility["released_accuracy"]
 
     # Container logs: for the owner only, never in report.json.
     owner = job.out / "owner"
@@ -320,12 +334,12 @@ def test_separate_holdout_file(job: Job, digits: Path, runtime_image: str, tmp_p
     algorithm = ALGORITHMS / "linear_ok"
     report = run(job, algorithm, train_path, load_policy("default"), runtime_image, holdout_path)
 
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     assert report["dataset"]["holdout"] == "file"
     assert report["dataset"]["n_train"] == 1437
     assert report["dataset"]["n_holdout"] == 360
     assert report["utility"]["holdout_n"] == 360
-    accuracy = report["utility"]["candidate_accuracy"]
+    accuracy = report["utility"]["released_accuracy"]
     assert 0.88 <= accuracy <= 1.00
     module = load_module(algorithm).build_model((64,), 10)
     correct, n = host_accuracy(module, job.out / "model.safetensors", holdout_path)
@@ -338,7 +352,7 @@ def test_build_model_sees_no_dataset(job: Job, digits: Path, runtime_image: str)
     report = run(
         job, ALGORITHMS / "build_probes_data", digits, load_policy("default"), runtime_image
     )
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     logs = (job.out / "owner" / "logs.txt").read_text()
     export_log = logs.split("===== export =====", 1)[1].split("=====", 1)[0]
     assert "probe: build_model saw no dataset" in export_log  # the probe really ran
@@ -350,7 +364,7 @@ def test_train_cannot_leave_data_elsewhere(job: Job, digits: Path, runtime_image
     sources = sorted(p.name for p in algorithm.iterdir())
     report = run(job, algorithm, digits, load_policy("default"), runtime_image)
 
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     logs = (job.out / "owner" / "logs.txt").read_text()
     assert "stash /tmp/stash.bin: written" in logs  # the attempt was real
     for read_only in ("/algorithm/stash.bin", "/data/stash.bin", "/output/../stash.bin"):
@@ -485,7 +499,7 @@ def test_fixed_release_time_hides_how_long_the_job_took(
     started = time.monotonic()
     report = run(job, ALGORITHMS / "linear_ok", digits, with_release_delay(30), runtime_image)
     elapsed = time.monotonic() - started
-    assert report["decision"] == "released", report["reasons"]
+    assert report["decision"] == "released_sanitized", report["reasons"]
     busy = sum(report["timings"].values())
     assert busy < 25  # the job itself was done well before the release time
     assert 30 <= elapsed < 36
