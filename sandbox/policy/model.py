@@ -100,9 +100,13 @@ class DPRules(_Strict):
     clip: float = Field(1.0, gt=0, le=1000)
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
+    # Bounds on the algorithm's hints. A provider's hints are written for its own
+    # (non-private) training, often Adam with small batches; DP-SGD with momentum
+    # needs large batches and a large step (bench/dp.py: batch 512, lr 0.3 at
+    # epsilon 3), so out-of-range hints are clamped into these bounds.
     epochs: tuple[int, int] = (1, 100)
-    batch_size: tuple[int, int] = (16, 4096)
-    lr: tuple[float, float] = (1e-4, 2.0)
+    batch_size: tuple[int, int] = (512, 4096)
+    lr: tuple[float, float] = (0.3, 2.0)
     default_epochs: int = Field(30, ge=1, le=10000)
     default_batch_size: int = Field(512, ge=1, le=1_000_000)
     default_lr: float = Field(0.5, gt=0, le=10)
