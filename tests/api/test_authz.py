@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -54,7 +56,11 @@ def test_unknown_methods_are_denied() -> None:
 
 def test_generated_stubs_are_current() -> None:
     result = subprocess.run(
-        ["bash", "scripts/gen_protos.sh", "--check"], cwd=ROOT, capture_output=True, text=True
+        ["bash", "scripts/gen_protos.sh", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PY": sys.executable},
     )
     assert result.returncode == 0, result.stderr
 
@@ -79,7 +85,7 @@ def test_check_names_stale_stubs(tmp_path: Path) -> None:
         cwd=copy,
         capture_output=True,
         text=True,
-        env={"PY": str(ROOT / ".venv/bin/python"), "PATH": "/usr/bin:/bin"},
+        env={"PY": sys.executable, "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 1
     assert "job_pb2.py" in result.stderr
