@@ -9,12 +9,16 @@ import docker
 import pytest
 
 from sandbox.audit import default_public_key, verify_attestation
-from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
+from sandbox.demo import EXAMPLE_ALGORITHM, sample_dataset, write_digits
 from sandbox.dp import SqliteBudgetLedger
 from sandbox.errors import LimitExceeded
+from sandbox.pipeline.dataset import Dataset, split_holdout
 from sandbox.pipeline.local import run_local
 from sandbox.policy.load import load_policy
 from sandbox.policy.model import Policy
+from sandbox.redteam.attacks import decode, make_package
+from sandbox.redteam.harness import load_weights
+from sandbox.redteam.metrics import score
 from sandbox.runner.base import LABEL_JOB
 from sandbox.runner.docker_runner import DockerRunner
 
@@ -118,3 +122,38 @@ def test_flagged_model_is_replaced_by_a_dp_model_on_suspicion(
     assert report.model is not None and report.model["source"] == "dp"
     assert ledger.budget("digits").remaining_epsilon <= 10.0 - 2.9
     ledger.close()
+
+
+@pytest.mark.parametrize("attack", ["sign", "lsb"])
+def test_white_box_attacks_under_dp_always_leave_extraction_at_chance(
+    tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str, attack: str
+) -> None:
+    """The attacker's own decoder, run on what is released under dp: always, recovers
+    nothing: the provider's weights are discarded before release."""
+    digits = write_digits(tmp_path / "digits.npz")
+    package = tmp_path / attack
+    knowledge = make_package(attack, package)
+    policy = dp_policy("always", budget_epsilon=10.0)
+    report = run_local(
+        package,
+        digits,
+        policy,
+        tmp_path / "out",
+        runner=DockerRunner(docker_client),
+        image=runtime_image,
+        work_root=tmp_path / "work",
+        ledger=SqliteBudgetLedger(tmp_path / "ledger.db"),
+        dataset_id="digits",
+    )
+    assert report.decision == "released_dp", report.reasons
+    x, y = sample_dataset("digits")
+    train, _ = split_holdout(
+        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
+        policy.holdout_fraction,
+        policy.holdout_seed,
+    )
+    released = load_weights(tmp_path / "out" / "model.safetensors")
+    extraction = score(decode(released, knowledge), train.x, knowledge)
+    assert extraction.recovered == 0
+    assert extraction.bit_accuracy is not None
+    assert 0.45 <= extraction.bit_accuracy <= 0.55
