@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -209,20 +210,10 @@ def _pipeline(
                 candidates["dp"] = dp_retrain(ctx, budgeting, arch)
                 dp_accuracy = steps.evaluate(ctx, test, ["dp"], "evaluate-dp")["dp"]
             report.utility["dp_accuracy"] = round(dp_accuracy, 6)
-            results = StepResults(
-                checks=results.checks,
-                candidate_accuracy=results.candidate_accuracy,
-                sanitized_accuracy=results.sanitized_accuracy,
-                dp_accuracy=dp_accuracy,
-            )
+            results = replace(results, dp_accuracy=dp_accuracy)
         except (StepFailed, GateViolation, InvalidInput) as failure:
             reason = getattr(failure, "message", None) or str(failure)
-            results = StepResults(
-                checks=results.checks,
-                candidate_accuracy=results.candidate_accuracy,
-                sanitized_accuracy=results.sanitized_accuracy,
-                dp_failure=reason,
-            )
+            results = replace(results, dp_failure=reason)
     return results, candidates
 
 
