@@ -600,7 +600,7 @@ RESPELLINGS: dict[str, Any] = {
     ).encode(),
     "trailing space": lambda v: canonical(v) + b" ",
     "leading tab": lambda v: b"\t" + canonical(v),
-    "number spelling": lambda v: canonical(v).replace(b"2.5", b"2.50"),
+    "number spelling": lambda v: canonical(v).replace(b",2.5,", b",2.50,"),
     "duplicate key": lambda v: canonical(v).replace(b'{"actor":', b'{"actor":"x","actor":'),
 }
 
