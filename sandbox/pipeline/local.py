@@ -158,6 +158,7 @@ def _rules(policy: Policy) -> DecisionRules:
         dp_mode=policy.dp.mode,
         utility_floor=policy.release.utility_floor,
         max_sanitize_drop=policy.release.max_sanitize_drop,
+        allow_non_dp_release=policy.dp.allow_non_dp_release,
     )
 
 

@@ -41,6 +41,7 @@ class DecisionRules:
     dp_mode: DPMode = "never"
     utility_floor: float = 0.0  # minimum holdout accuracy of whatever is released
     max_sanitize_drop: float = 0.02  # sanitized may lose at most this much accuracy
+    allow_non_dp_release: bool = True  # False: only a DP-retrained model may be released
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,19 @@ def _floor(rules: DecisionRules, accuracy: float | None, what: str) -> str | Non
 
 
 def decide(rules: DecisionRules, results: StepResults) -> Outcome:
+    outcome = _decide(rules, results)
+    if outcome.decision in ("released", "released_sanitized") and not rules.allow_non_dp_release:
+        return Outcome(
+            "rejected",
+            (
+                "the policy forbids releases without DP (dp.allow_non_dp_release: false) "
+                "and no DP-retrained model was made",
+            ),
+        )
+    return outcome
+
+
+def _decide(rules: DecisionRules, results: StepResults) -> Outcome:
     if results.failure is not None:
         return Outcome("rejected", (results.failure,))
     flagged = tuple(c for c in results.checks if c.verdict == "flag")

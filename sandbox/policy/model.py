@@ -126,6 +126,11 @@ class DPRules(_Strict):
         ):
             if not 0 < low <= default <= high:
                 raise ValueError(f"{name}: need 0 < low <= default_{name} <= high")
+        if not self.allow_non_dp_release and self.mode != "always":
+            raise ValueError(
+                f"allow_non_dp_release: false needs mode: always (with mode {self.mode}, a "
+                "model no check flags would be released without DP, which this forbids)"
+            )
         return self
 
 

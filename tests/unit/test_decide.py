@@ -15,6 +15,7 @@ FLAG = CheckOutcome("sign", "flag", "weight signs agree with training bits")
 NEVER = DecisionRules(dp_mode="never", utility_floor=0.5)
 SUSPICION = DecisionRules(dp_mode="on_suspicion", utility_floor=0.5)
 ALWAYS = DecisionRules(dp_mode="always", utility_floor=0.5)
+NO_PLAIN = DecisionRules(dp_mode="on_suspicion", allow_non_dp_release=False)
 
 TABLE = [
     # rules, results, decision, fragments that must appear in the reasons
@@ -76,6 +77,21 @@ TABLE = [
         ["every model"],
     ),
     (ALWAYS, StepResults(checks=(PASS,), candidate_accuracy=0.9), "rejected", ["did not run"]),
+    # A policy that forbids non-DP releases: only a DP model leaves (defence in depth:
+    # the policy model also refuses allow_non_dp_release: false without mode always).
+    (NO_PLAIN, StepResults(checks=(PASS,), candidate_accuracy=0.9), "rejected", ["forbids"]),
+    (
+        NO_PLAIN,
+        StepResults(checks=(PASS,), candidate_accuracy=0.9, sanitized_accuracy=0.9),
+        "rejected",
+        ["forbids releases without DP"],
+    ),
+    (
+        DecisionRules(dp_mode="always", allow_non_dp_release=False),
+        StepResults(checks=(PASS,), candidate_accuracy=0.9, dp_accuracy=0.85),
+        "released_dp",
+        ["DP-retrained"],
+    ),
 ]
 
 

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from sandbox.errors import InvalidInput, NotFound
 from sandbox.policy.load import available_policies, load_policy, parse_policy, policy_hash
+from sandbox.policy.model import DPRules
 
 
 def test_shipped_policies_load() -> None:
@@ -43,3 +45,11 @@ def test_path_and_hash(tmp_path: Path) -> None:
     assert policy.runtime == "runsc"
     assert policy_hash(policy) != policy_hash(load_policy("strict"))
     assert len(policy_hash(policy)) == 64
+
+
+@pytest.mark.parametrize("mode", ["never", "on_suspicion"])
+def test_forbidding_non_dp_releases_needs_dp_always(mode: str) -> None:
+    """Otherwise an unflagged model would be released without DP, or every job refused."""
+    with pytest.raises(ValidationError, match="allow_non_dp_release: false needs mode: always"):
+        DPRules(mode=mode, allow_non_dp_release=False)  # type: ignore[arg-type]
+    assert not DPRules(mode="always", allow_non_dp_release=False).allow_non_dp_release
