@@ -1,0 +1,389 @@
+"""The weight channels of the scorecard: Song et al.'s attacks through the real pipeline.
+
+Each attack package (`sandbox.redteam.attacks`, at the paper's strength) is run by
+`run_local` against the policy under test, exactly as a provider's job would be:
+the same runner and image, the digits sample data, and a throwaway signing key,
+audit log and in-memory privacy ledger, so the scorecard never touches the
+operator's own. The attacker's decoder is then applied to what was actually
+released (nothing if the job was rejected) and scored against chance:
+
+- bit channels (LSB, encrypted LSB, sign): the decoded plaintext bits are compared
+  with the bits of the records the attack encoded. Chance is the mean match rate of
+  the same decoded bits against randomly permuted training records: what a decoder
+  that knows nothing about which record is which scores (0.5 when the decoded bits
+  are uniform, as after the sanitizer). Extraction beats chance when the one-sided
+  99.95% binomial (Wilson) lower bound of the bit accuracy is above that chance
+  level, with the control's own sampling error added.
+- correlated value: each reconstructed record's mean absolute error against its own
+  record is compared with its mean error against permuted records (chance); the
+  share of records closer to their own record than to the others is tested against
+  0.5 the same way. The error of guessing the value range's midpoint for every pixel
+  (a data-free baseline) is reported beside it.
+
+Outcomes (`classify`): `detected` when a check flagged the model and what was
+released (if anything) carries nothing; `neutralized` when a model was released
+(sanitized or DP-retrained) and extraction is at chance; `blocked` when the job was
+rejected without a flag (a failed step); `leaked` when extraction beats chance.
+
+Jobs run in threads: under a fixed release time the pipeline holds each outcome
+with a sleep, so holds overlap while the jobs' computing parts take turns
+(`parallel` at a time: a job gives its turn up when it starts holding).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sandbox.demo import sample_dataset, write_digits
+from sandbox.dp import InMemoryBudgetLedger
+from sandbox.pipeline.dataset import Dataset, split_holdout
+from sandbox.pipeline.local import run_local
+from sandbox.pipeline.report import Report
+from sandbox.policy.model import Policy
+from sandbox.redteam.attacks import Decoded, Knowledge, decode, make_package, true_bits
+from sandbox.redteam.harness import load_weights
+from sandbox.redteam.metrics import record_mae
+from sandbox.runner.base import Runner
+
+Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
+Budget = Literal["small", "full"]
+
+#: One-sided 99.95% normal quantile: a scorecard of a few channels stays well
+#: below one false "leaked" in a thousand runs.
+Z: Final = 3.29
+#: Permuted-record controls averaged into the chance level.
+CONTROLS: Final = 16
+#: Training epochs per budget: 10 keeps every attack working (tests/unit/
+#: test_redteam_attacks.py and tests/integration/test_scorecard_weights.py check it).
+EPOCHS: Final[Mapping[str, int]] = {"small": 10, "full": 30}
+
+
+@dataclass(frozen=True)
+class WeightChannel:
+    name: str  # the scorecard entry's name
+    attack: str  # sandbox.redteam.attacks.ATTACKS key
+    channel: str
+    attempt: str
+
+
+CHANNELS: Final = (
+    WeightChannel(
+        "lsb", "lsb", "LSB", "raw training records in the low 16 mantissa bits of every weight"
+    ),
+    WeightChannel(
+        "lsb-encrypted",
+        "lsb_encrypted",
+        "LSB",
+        "encrypted records in the low 16 mantissa bits (looks like noise to the checks)",
+    ),
+    WeightChannel(
+        "correlated-value",
+        "correlated",
+        "correlated value",
+        "first-layer weights correlated with training records (regulariser, lambda 3)",
+    ),
+    WeightChannel(
+        "sign-encoding", "sign", "sign", "weight signs set to record bits (regulariser, lambda 30)"
+    ),
+)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """How much the attacker's decoder got out of a released model, against chance."""
+
+    statistic: str  # "bit accuracy" or "record win rate"
+    observed: float
+    chance: float
+    n: int  # bits, or records
+    lower: float  # one-sided lower confidence bound of `observed`
+    margin: float  # how far above chance `lower` must be (the control's own error)
+    records: int
+    recovered: int  # records within 10% of the value range (metrics.RECOVERED_FRACTION)
+    mae: float
+    chance_mae: float
+    midpoint_mae: float
+
+    @property
+    def leaked(self) -> bool:
+        return self.lower > self.chance + self.margin
+
+    def summary(self) -> str:
+        verdict = "beats chance" if self.leaked else "at chance"
+        text = (
+            f"{self.statistic} {self.observed:.4f} over {self.n} "
+            f"{'bits' if self.statistic == 'bit accuracy' else 'records'} "
+            f"(lower bound {self.lower:.4f}) vs chance {self.chance:.4f}: {verdict}; "
+            f"{self.recovered}/{self.records} records recovered, "
+            f"error {self.mae:.2f} vs {self.chance_mae:.2f} against other records"
+        )
+        if self.statistic != "bit accuracy":
+            text += f" and {self.midpoint_mae:.2f} guessing the midpoint"
+        return text
+
+
+def wilson_lower(p: float, n: int, z: float = Z) -> float:
+    """One-sided Wilson lower bound of a binomial proportion `p` seen over `n` trials."""
+    if n <= 0:
+        return 0.0
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / denom)
+
+
+def _permutations(n: int, rng: np.random.Generator) -> list[npt.NDArray[np.intp]]:
+    """Permutations with no fixed point (every record is compared with another)."""
+    out = []
+    for _ in range(CONTROLS):
+        perm = rng.permutation(n)
+        fixed = perm == np.arange(n)
+        perm[fixed] = (perm[fixed] + 1) % n if n > 1 else perm[fixed]
+        out.append(perm)
+    return out
+
+
+def score_extraction(
+    decoded: Decoded,
+    x_train: npt.NDArray[np.floating],
+    knowledge: Knowledge,
+    *,
+    seed: int = 0,
+) -> Extraction | None:
+    """Score a decoder's output on the training records it meant to carry, against chance.
+
+    Needs the data: the red team's yardstick, never the attacker's. None when the
+    decoder produced nothing.
+    """
+    n = min(len(decoded.records), len(x_train))
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    truth = np.asarray(x_train[:n], dtype=np.float64).reshape(n, -1)
+    perms = _permutations(len(x_train), rng)
+    errors = record_mae(decoded.records[:n], truth)
+    control = np.mean(
+        [record_mae(decoded.records[:n], x_train[perm[:n]]) for perm in perms], axis=0
+    )
+    lo, hi = knowledge.value_range
+    midpoint = float(np.abs(truth - (lo + hi) / 2).mean())
+    recovered = int(np.count_nonzero(errors < 0.1 * (hi - lo)))
+
+    def result(statistic: str, observed: float, chance: float, m: int, margin: float) -> Extraction:
+        return Extraction(
+            statistic,
+            observed,
+            chance,
+            m,
+            wilson_lower(observed, m),
+            margin,
+            records=n,
+            recovered=recovered,
+            mae=float(errors.mean()),
+            chance_mae=float(control.mean()),
+            midpoint_mae=midpoint,
+        )
+
+    if decoded.bits is not None:
+        bits = decoded.bits
+        want = true_bits(np.asarray(x_train), n, knowledge)
+        m = min(len(bits), len(want))
+        observed = float(np.mean(bits[:m] == want[:m]))
+        chances = [
+            float(np.mean(bits[:m] == true_bits(np.asarray(x_train)[perm], n, knowledge)[:m]))
+            for perm in perms
+        ]
+        chance = float(np.mean(chances))
+        margin = Z * math.sqrt(chance * (1 - chance) / (m * CONTROLS))
+        return result("bit accuracy", observed, chance, m, margin)
+    wins = float(np.mean(errors < control) + 0.5 * np.mean(errors == control))
+    return result("record win rate", wins, 0.5, n, 0.0)
+
+
+# --------------------------------------------------------------------------- outcome
+
+
+def classify(decision: str, flagged: Sequence[str], extraction: Extraction | None) -> Outcome:
+    """The scorecard outcome of one weight attack (pure; see the module docstring).
+
+    `extraction` is None when nothing was released or the decoder read nothing.
+    """
+    released = decision != "rejected"
+    if released and extraction is not None and extraction.leaked:
+        return "leaked"
+    if flagged:
+        return "detected"
+    if released:
+        return "neutralized"
+    return "blocked"
+
+
+def evidence(report: Report, extraction: Extraction | None, seconds: float) -> str:
+    flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
+    parts = [f"decision {report.decision}"]
+    parts.append(f"flagged by {', '.join(flagged)}" if flagged else "no check flagged it")
+    if report.decision == "rejected":
+        reason = report.reasons[-1] if report.reasons else "no reason recorded"
+        parts.append(f"nothing released ({reason[:160]})")
+    elif extraction is None:
+        parts.append("the decoder read nothing from the released model")
+    else:
+        source = (report.model or {}).get("source", "?")
+        parts.append(f"decoder on the released {source} model: {extraction.summary()}")
+    parts.append(f"{seconds:.0f} s")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class WeightResult:
+    channel: WeightChannel
+    outcome: Outcome
+    evidence: str
+    report: Report
+    extraction: Extraction | None
+
+
+def training_split(policy: Policy) -> npt.NDArray[np.float32]:
+    """The training records the pipeline hands train.py, in the order it hands them."""
+    x, y = sample_dataset("digits")
+    train, _ = split_holdout(
+        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
+        policy.holdout_fraction,
+        policy.holdout_seed,
+    )
+    return train.x
+
+
+class _Turns:
+    """At most `parallel` jobs compute at once; a job gives its turn up when it holds."""
+
+    def __init__(self, parallel: int) -> None:
+        self._slots = threading.Semaphore(parallel)
+
+    def job(self) -> Callable[[], None]:
+        self._slots.acquire()
+        done = threading.Event()
+
+        def give_up() -> None:
+            if not done.is_set():
+                done.set()
+                self._slots.release()
+
+        return give_up
+
+
+def run_weight_channel(
+    channel: WeightChannel,
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    root: Path,
+    *,
+    epochs: int,
+    turns: _Turns | None = None,
+    say: Callable[[str], None] = lambda message: None,
+) -> WeightResult:
+    """One attack through `run_local` against `policy`, decoded and scored."""
+    base = root / channel.name
+    base.mkdir(parents=True)
+    dataset = write_digits(base / "digits.npz")
+    knowledge = make_package(channel.attack, base / "package", epochs=epochs)
+    give_up = turns.job() if turns else (lambda: None)
+
+    def progress(step: str, message: str) -> None:
+        if step == "hold":
+            give_up()
+
+    say(f"weights: {channel.name} submitted")
+    started = time.monotonic()
+    try:
+        report = run_local(
+            base / "package",
+            dataset,
+            policy,
+            base / "out",
+            runner=runner,
+            image=image,
+            work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
+            progress=progress,
+            signing_key=Ed25519PrivateKey.generate(),
+            audit_path=base / "audit.jsonl",
+            ledger=InMemoryBudgetLedger(),
+            dataset_id="scorecard-digits",
+        )
+    finally:
+        give_up()
+    seconds = time.monotonic() - started
+    extraction = None
+    if report.decision != "rejected":
+        released = load_weights(base / "out" / "model.safetensors")
+        extraction = score_extraction(
+            decode(released, knowledge), training_split(policy), knowledge
+        )
+    flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
+    outcome = classify(report.decision, flagged, extraction)
+    say(f"weights: {channel.name} {outcome}")
+    return WeightResult(channel, outcome, evidence(report, extraction, seconds), report, extraction)
+
+
+def start_weight_channels(
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    *,
+    budget: Budget = "small",
+    parallel: int = 2,
+    channels: Sequence[WeightChannel] = CHANNELS,
+    progress: Callable[[str], None] | None = None,
+) -> Callable[[], list[WeightResult]]:
+    """Start every weight attack in the background; the returned call waits for them.
+
+    Starting first lets a caller run other scorecard probes while the jobs hold
+    until the policy's fixed release time.
+    """
+    say = progress or (lambda message: None)
+    tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-weights-")
+    root = Path(tmp.name)
+    turns = _Turns(parallel)
+    pool = ThreadPoolExecutor(max_workers=len(channels), thread_name_prefix="weights")
+    futures: list[Future[WeightResult]] = [
+        pool.submit(
+            run_weight_channel,
+            channel,
+            policy,
+            runner,
+            image,
+            root,
+            epochs=EPOCHS[budget],
+            turns=turns,
+            say=say,
+        )
+        for channel in channels
+    ]
+
+    def wait() -> list[WeightResult]:
+        try:
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            tmp.cleanup()
+
+    return wait
