@@ -150,6 +150,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             result, text = commands.job_approve(client, args.job, args.deny)
         elif action == "job report":
             result, text = commands.job_report(client, args.job, args.out)
+        elif action == "report":
+            result, text = commands.report_html(client, args.job, args.html)
         elif action == "model download":
             result, text = commands.model_download(client, args.job, args.out)
         else:  # pragma: no cover - argparse only sets the actions above
@@ -170,7 +172,12 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     say = _progress(show)
     runner, image = docker_backend(policy.runtime, log=lambda line: say("image", line))
     card = run_scorecard(
-        policy, runner, image, budget=args.budget, progress=lambda m: say("scorecard", m)
+        policy,
+        runner,
+        image,
+        budget=args.budget,
+        progress=lambda m: say("scorecard", m),
+        weights=not args.no_weights,
     )
     print(json.dumps(card.to_dict(), indent=2) if args.json else card.table())
     return 0
@@ -262,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     test = pol_sub.add_parser("test", help="run the red-team scorecard against a policy")
     test.add_argument("--policy", default="default", help="policy name or YAML file")
     test.add_argument("--budget", choices=["small", "full"], default="small")
+    test.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="skip the weight attacks (each a whole pipeline job): isolation and smuggling only",
+    )
     test.add_argument("--json", action="store_true")
     test.set_defaults(func=cmd_policy_test)
     validate = pol_sub.add_parser("validate", help="check a policy file; lists every problem")
@@ -370,6 +382,14 @@ def _add_server_commands(sub: Any) -> None:
     report = client_parser(job, "report", "job report", "a job's report (what you may see)")
     report.add_argument("job")
     report.add_argument("--out", type=Path, help="also write report, attestation, logs here")
+
+    html = client_parser(
+        sub, "report", "report", "data owner: a job's report as a self-contained HTML page"
+    )
+    html.add_argument("job")
+    html.add_argument(
+        "--html", type=Path, required=True, metavar="OUT", help="the page to write (.html)"
+    )
 
     model = sub.add_parser("model", help="released models").add_subparsers(
         dest="model_command", required=True

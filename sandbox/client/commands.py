@@ -11,7 +11,7 @@ from typing import Any
 
 from sandbox.client.connection import Client, job_dict
 from sandbox.client.progress import status_line
-from sandbox.errors import JobRejected
+from sandbox.errors import InvalidInput, JobRejected
 
 
 def dataset_upload(client: Client, path: Path, name: str) -> tuple[dict[str, Any], str]:
@@ -110,6 +110,39 @@ def job_report(client: Client, job_id: str, out: Path | None) -> tuple[dict[str,
         # the platform's public key: `sandbox verify out/attestation.json --key out/platform.pem`
         (out / "platform.pem").write_text(client.public_key().pem)
     return report, json.dumps(report, indent=2)
+
+
+def report_html(client: Client, job_id: str, out: Path) -> tuple[dict[str, Any], str]:
+    """`sandbox report JOB --html OUT`: the owner's report as one self-contained page.
+
+    OUT is the page's file name (a directory gets OUT/report.html). A report that is
+    missing or not JSON still gives a page, which says what it lacks.
+    """
+    from sandbox.checks.calibrate import load_calibration
+    from sandbox.pipeline.report import write_atomic
+    from sandbox.report_html import render_page
+
+    view = client.report(job_id)
+    try:
+        report: Any = json.loads(view.report_json) if view.report_json else {}
+    except ValueError:
+        report = {}
+    page = render_page(report, load_calibration())
+    path = out / "report.html" if out.is_dir() else out
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--html {out}: directory {path.parent} does not exist; create it first")
+    write_atomic(path, page.html.encode(), mode=0o600)
+    decision = report.get("decision") if isinstance(report, dict) else None
+    result = {
+        "job_id": job_id,
+        "html": str(path),
+        "bytes": len(page.html.encode()),
+        "decision": decision,
+        "missing": page.missing,
+    }
+    text = f"report {path} (decision: {decision or 'unknown'})"
+    text += "".join(f"\n  missing: {m}" for m in page.missing)
+    return result, text
 
 
 def model_download(client: Client, job_id: str, out: Path) -> tuple[dict[str, Any], str]:

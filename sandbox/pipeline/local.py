@@ -30,6 +30,7 @@ from sandbox.audit import (
     utc_now,
 )
 from sandbox.audit.keys import default_home
+from sandbox.checks.calibrate import load_calibration
 from sandbox.dp import BudgetLedger, SqliteBudgetLedger
 from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
 from sandbox.gate import GateViolation
@@ -40,6 +41,7 @@ from sandbox.pipeline.report import Report, write_atomic
 from sandbox.policy.decide import DecisionRules, StepResults, decide, needs_dp
 from sandbox.policy.load import policy_hash
 from sandbox.policy.model import Policy
+from sandbox.report_html import render_html
 from sandbox.runner.base import Runner
 from sandbox.runner.workspace import JobWorkspace, default_root, sweep_stale
 
@@ -82,6 +84,16 @@ def _write_owner_logs(ctx: JobContext, out_dir: Path) -> None:
     os.chmod(owner, 0o700)
     text = b"".join(f"===== {step} =====\n".encode() + logs + b"\n" for step, logs in ctx.logs)
     write_atomic(owner / "logs.txt", text, mode=0o600)
+
+
+def _write_owner_report_html(report: Report, out_dir: Path) -> None:
+    """The owner's report as a self-contained page, next to the logs (owner-only).
+
+    Written for every outcome, rejections included, like report.json; rendering
+    never raises on a partial report, it says what is missing instead.
+    """
+    page = render_html(json.loads(report.to_json()), load_calibration())
+    write_atomic(out_dir / "owner" / "report.html", page.encode(), mode=0o600)
 
 
 def _record_outcome(
@@ -297,6 +309,7 @@ def run_local(
                 runner.remove_job(job_id)
                 _write_owner_logs(ctx, out_dir)
                 write_atomic(out_dir / "report.json", report.to_json().encode())
+                _write_owner_report_html(report, out_dir)
                 _record_outcome(report, out_dir, dataset, submitted, signing_key, audit)
     finally:
         if own_ledger and isinstance(ledger, SqliteBudgetLedger):

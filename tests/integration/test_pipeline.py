@@ -121,8 +121,11 @@ RELEASED_LISTING = {
     "attestation.json",
     "owner",
     "owner/logs.txt",
+    "owner/report.html",
     "owner/dataset-opening.json",
 }
+# What a rejection writes: the report, and for the owner the logs and the HTML report.
+REJECTED_LISTING = {"report.json", "owner", "owner/logs.txt", "owner/report.html"}
 
 
 def policy_with(name: str, **limits: int) -> Policy:
@@ -198,7 +201,7 @@ def assert_rejected(report: dict[str, Any], reason: str, out: Path) -> None:
     assert len(report["reasons"]) == 1, report["reasons"]
     assert reason in report["reasons"][0], report["reasons"]
     assert report["model"] is None
-    assert out_listing(out) == {"report.json", "owner", "owner/logs.txt"}
+    assert out_listing(out) == REJECTED_LISTING
 
 
 def host_accuracy(model: torch.nn.Module, weights: Path, holdout: Path) -> tuple[int, int]:
@@ -319,6 +322,14 @@ def test_digits_end_to_end_released(
     assert "epoch 1/30" not in report_text
     assert "=====" not in report_text
     assert out_listing(job.out) == RELEASED_LISTING
+
+    # The owner's HTML report: owner-only, rendered from this report, no container logs.
+    page = owner / "report.html"
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600
+    page_text = page.read_text()
+    assert report["job_id"] in page_text and "released_sanitized" in page_text
+    assert f"{utility['sanitized_accuracy'] * 100:.4g}%" in page_text
+    assert "training on" not in page_text
 
 
 def test_separate_holdout_file(job: Job, digits: Path, runtime_image: str, tmp_path: Path) -> None:
@@ -512,7 +523,7 @@ def test_job_still_running_at_the_release_time_is_rejected(
     assert report["decision"] == "rejected"
     assert report["model"] is None
     assert "ran past the policy's fixed release time of 5 s" in report["reasons"][-1]
-    assert out_listing(job.out) == {"report.json", "owner", "owner/logs.txt"}
+    assert out_listing(job.out) == REJECTED_LISTING
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -617,5 +628,5 @@ def test_bad_input_refused_before_any_container(
     assert report["decision"] == "rejected"
     assert report["model"] is None
     assert report["reasons"] == [raised.value.message]
-    assert out_listing(job.out) == {"report.json", "owner", "owner/logs.txt"}
-    assert os.listdir(job.out / "owner") == ["logs.txt"]
+    assert out_listing(job.out) == REJECTED_LISTING
+    assert sorted(os.listdir(job.out / "owner")) == ["logs.txt", "report.html"]
