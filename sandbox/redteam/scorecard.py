@@ -10,7 +10,8 @@ Each entry names a channel, what the attempt did, its outcome and the evidence:
 
 Budget mode "small" lowers only the wall-clock limit of the endless-loop probe (to
 show the kill without waiting the policy's full limit); every other attempt runs
-under the policy's own settings.
+under the policy's own settings, and the weight attacks train for 10 epochs instead of
+30 (enough for each to carry records: sandbox/redteam/weight_channels.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from sandbox.gate import GateViolation, TensorSpec, gate_output
 from sandbox.policy.model import Policy
-from sandbox.redteam import escapes
+from sandbox.redteam import escapes, weight_channels
 from sandbox.redteam.escapes import AttackBox
 from sandbox.runner.base import Runner
 from sandbox.runner.workspace import JobWorkspace
@@ -288,16 +289,14 @@ def _conventional(policy: Policy) -> list[Entry]:
     ]
 
 
-def run_scorecard(
+def _isolation_and_smuggling(
     policy: Policy,
     runner: Runner,
     image: str,
-    *,
-    budget: Budget = "small",
-    progress: Callable[[str], None] | None = None,
-    work_root: Path | None = None,
-) -> Scorecard:
-    say = progress or (lambda message: None)
+    budget: Budget,
+    say: Callable[[str], None],
+    work_root: Path | None,
+) -> list[Entry]:
     entries: list[Entry] = []
     with tempfile.TemporaryDirectory(prefix="sandbox-scorecard-") as tmp:
         root = work_root or Path(tmp) / "work"
@@ -314,5 +313,40 @@ def run_scorecard(
         with _box(runner, image, policy, root, "smuggling") as box:
             say("output smuggling")
             entries.extend(_smuggling(box, policy, Path(tmp)))
+    return entries
+
+
+def run_scorecard(
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    *,
+    budget: Budget = "small",
+    progress: Callable[[str], None] | None = None,
+    work_root: Path | None = None,
+    weights: bool = False,
+) -> Scorecard:
+    """Every attempt against `policy`. `weights` adds the weight attacks, each a whole
+    job through the pipeline (minutes; `sandbox policy test` always runs them): they
+    start first, so their fixed-release-time holds overlap the isolation probes."""
+    say = progress or (lambda message: None)
+    entries: list[Entry] = []
+    finish_weights = (
+        weight_channels.start_weight_channels(policy, runner, image, budget=budget, progress=say)
+        if weights
+        else None
+    )
+    try:
+        entries.extend(_isolation_and_smuggling(policy, runner, image, budget, say, work_root))
+    except BaseException:
+        if finish_weights is not None:  # their containers and files go before we return
+            finish_weights()
+        raise
     entries.extend(_conventional(policy))
+    if finish_weights is not None:
+        say("weights: waiting for the attack jobs")
+        entries.extend(
+            Entry(r.channel.name, r.channel.channel, r.channel.attempt, r.outcome, r.evidence)
+            for r in finish_weights()
+        )
     return Scorecard(policy=policy.name, results=entries)

@@ -5,7 +5,12 @@ Each attack package (`sandbox.redteam.attacks`, at the paper's strength) is run 
 the same runner and image, the digits sample data, and a throwaway signing key,
 audit log and in-memory privacy ledger, so the scorecard never touches the
 operator's own. The attacker's decoder is then applied to what was actually
-released (nothing if the job was rejected) and scored against chance:
+released (nothing if the job was rejected) and scored against chance. As a control,
+the same decoder also reads the gated candidate in the job's workspace (captured
+when the checks start; never released): a `neutralized` or `detected` whose control
+is at chance would mean a broken attack, not a defence.
+
+Scoring:
 
 - bit channels (LSB, encrypted LSB, sign): the decoded plaintext bits are compared
   with the bits of the records the attack encoded. Chance is the mean match rate of
@@ -36,6 +41,7 @@ import math
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -233,7 +239,9 @@ def classify(decision: str, flagged: Sequence[str], extraction: Extraction | Non
     return "blocked"
 
 
-def evidence(report: Report, extraction: Extraction | None, seconds: float) -> str:
+def evidence(
+    report: Report, extraction: Extraction | None, control: Extraction | None, seconds: float
+) -> str:
     flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
     parts = [f"decision {report.decision}"]
     parts.append(f"flagged by {', '.join(flagged)}" if flagged else "no check flagged it")
@@ -245,7 +253,15 @@ def evidence(report: Report, extraction: Extraction | None, seconds: float) -> s
     else:
         source = (report.model or {}).get("source", "?")
         parts.append(f"decoder on the released {source} model: {extraction.summary()}")
-    parts.append(f"{seconds:.0f} s")
+    if control is None:
+        parts.append("control: the gated candidate could not be read")
+    else:
+        parts.append(
+            f"control, the decoder on the unreleased candidate: {control.statistic} "
+            f"{control.observed:.4f} vs chance {control.chance:.4f}, "
+            f"{control.recovered}/{control.records} records recovered"
+        )
+    parts.append(f"job {seconds:.0f} s")
     return "; ".join(parts)
 
 
@@ -259,6 +275,7 @@ class WeightResult:
     evidence: str
     report: Report
     extraction: Extraction | None
+    control: Extraction | None  # the decoder on the gated candidate (the attack worked?)
 
 
 def training_split(policy: Policy) -> npt.NDArray[np.float32]:
@@ -308,7 +325,13 @@ def run_weight_channel(
     knowledge = make_package(channel.attack, base / "package", epochs=epochs)
     give_up = turns.job() if turns else (lambda: None)
 
+    job_id = uuid.uuid4().hex
+    candidate = base / "work" / job_id / "work" / "candidate.safetensors"
+    captured: dict[str, npt.NDArray[np.floating]] = {}
+
     def progress(step: str, message: str) -> None:
+        if step == "checks" and candidate.is_file():  # gated, not yet checked or released
+            captured.update(load_weights(candidate))
         if step == "hold":
             give_up()
 
@@ -324,6 +347,7 @@ def run_weight_channel(
             image=image,
             work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
             progress=progress,
+            job_id=job_id,
             signing_key=Ed25519PrivateKey.generate(),
             audit_path=base / "audit.jsonl",
             ledger=InMemoryBudgetLedger(),
@@ -332,16 +356,19 @@ def run_weight_channel(
     finally:
         give_up()
     seconds = time.monotonic() - started
+    x_train = training_split(policy)
     extraction = None
     if report.decision != "rejected":
         released = load_weights(base / "out" / "model.safetensors")
-        extraction = score_extraction(
-            decode(released, knowledge), training_split(policy), knowledge
-        )
+        extraction = score_extraction(decode(released, knowledge), x_train, knowledge)
+    control = (
+        score_extraction(decode(captured, knowledge), x_train, knowledge) if captured else None
+    )
     flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
     outcome = classify(report.decision, flagged, extraction)
     say(f"weights: {channel.name} {outcome}")
-    return WeightResult(channel, outcome, evidence(report, extraction, seconds), report, extraction)
+    text = evidence(report, extraction, control, seconds)
+    return WeightResult(channel, outcome, text, report, extraction, control)
 
 
 def start_weight_channels(
