@@ -259,7 +259,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):  # type: ignore[mis
 
     @unary
     def ListPolicies(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return policy_pb2.ListPoliciesResponse(names=self.platform.list_policies())
+        names, token = self.platform.list_policies(request.page_size, request.page_token)
+        return policy_pb2.ListPoliciesResponse(names=names, next_page_token=token)
 
     @unary
     def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -7,6 +7,7 @@ CLI exits with the catalog's exit codes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tarfile
@@ -221,8 +222,16 @@ class Client:
     # ---------------------------------------------------------------- misc
 
     def list_policies(self) -> list[str]:
-        response = _call(lambda: self.policies.ListPolicies(policy_pb2.ListPoliciesRequest()))
-        return list(response.names)
+        """Every policy name, following the pages."""
+        names: list[str] = []
+        token = ""
+        while True:
+            request = policy_pb2.ListPoliciesRequest(page_token=token)
+            response = _call(functools.partial(self.policies.ListPolicies, request))
+            names.extend(response.names)
+            token = response.next_page_token
+            if not token:
+                return names
 
     def public_key(self) -> Any:
         return _call(lambda: self.audit.GetPublicKey(audit_pb2.GetPublicKeyRequest()))

@@ -81,7 +81,15 @@ from sandbox.store import (
     encrypt_stream,
     new_id,
 )
-from sandbox.store.metadata import MAX_DETAIL, TERMINAL, check_text
+from sandbox.store.metadata import (
+    DEFAULT_PAGE_SIZE,
+    MAX_DETAIL,
+    TERMINAL,
+    check_page_size,
+    check_text,
+    decode_page_token,
+    encode_page_token,
+)
 
 log = logging.getLogger("sandbox.service")
 
@@ -799,8 +807,15 @@ class Platform:
 
     # ------------------------------------------------------------ policies and audit
 
-    def list_policies(self) -> list[str]:
-        return available_policies()
+    def list_policies(self, page_size: int = 0, page_token: str = "") -> tuple[list[str], str]:
+        """Policy names in order, a page at a time (the same tokens as every list call)."""
+        position = decode_page_token("policies", page_token or None)
+        after = str(position[0]) if position else ""
+        size = check_page_size(page_size or DEFAULT_PAGE_SIZE)
+        names = sorted(n for n in available_policies() if n > after)
+        if len(names) <= size:
+            return names, ""
+        return names[:size], encode_page_token("policies", (names[size - 1],))
 
     def get_policy(self, name: str) -> PolicyView:
         policy = self.policy(name)

@@ -501,7 +501,7 @@ def quota_exceeded(
 
 # ---------------------------------------------------------------- page tokens
 
-Position = tuple[float, str] | tuple[str]
+Position = tuple[float, str] | tuple[str]  # (created, id) or (name,) for parties, policies
 
 
 def encode_page_token(listing: str, position: Position) -> str:
@@ -527,7 +527,7 @@ def decode_page_token(listing: str, token: str | None) -> Position | None:
     if not isinstance(data, dict) or data.get("v") != 1 or data.get("l") != listing:
         raise bad
     key = data.get("k")
-    if listing == "parties":
+    if listing in ("parties", "policies"):
         if isinstance(key, list) and len(key) == 1 and isinstance(key[0], str):
             return (key[0],)
         raise bad

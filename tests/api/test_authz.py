@@ -195,7 +195,7 @@ def test_health_and_reflection_answer(env: Env) -> None:
 def test_unknown_errors_reach_clients_as_internal_without_detail(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> list[str]:
+    def broken(*_: object) -> list[str]:
         raise RuntimeError("secret detail: /var/lib/sandbox/state/master.key")
 
     monkeypatch.setattr(env.server.platform, "list_policies", broken)

@@ -355,3 +355,33 @@ def test_stopping_the_server_fails_running_jobs_cleanly(
     assert [p.name for p in (env.state / "work").iterdir()] == []
     with open("/proc/self/mounts") as mounts:
         assert not [line for line in mounts if str(env.state) in line]
+
+
+def test_list_policies_paginates(env: Env) -> None:
+    """Like every list call: pages of page_size, opaque tokens, bad input refused."""
+    from sandbox.api.gen.sandbox.v1 import policy_pb2
+
+    sam = env.client("sam")
+    everything = sam.list_policies()  # follows the pages
+    assert everything == sorted(everything) and {"default", "strict"} <= set(everything)
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        response = sam.policies.ListPolicies(
+            policy_pb2.ListPoliciesRequest(page_size=1, page_token=token)
+        )
+        pages.append(list(response.names))
+        token = response.next_page_token
+        if not token:
+            break
+    assert all(len(page) == 1 for page in pages) and len(pages) == len(everything)
+    assert [name for page in pages for name in page] == everything
+    one_page = sam.policies.ListPolicies(policy_pb2.ListPoliciesRequest())
+    assert list(one_page.names) == everything and one_page.next_page_token == ""
+    for bad in (
+        policy_pb2.ListPoliciesRequest(page_token="garbage"),
+        policy_pb2.ListPoliciesRequest(page_size=100000),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            sam.policies.ListPolicies(bad)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT

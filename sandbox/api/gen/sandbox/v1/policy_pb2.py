@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sandbox/v1/policy.proto\x12\nsandbox.v1\"\x15\n\x13ListPoliciesRequest\"%\n\x14ListPoliciesResponse\x12\r\n\x05names\x18\x01 \x03(\t\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t2\xa1\x01\n\rPolicyService\x12Q\n\x0cListPolicies\x12\x1f.sandbox.v1.ListPoliciesRequest\x1a .sandbox.v1.ListPoliciesResponse\x12=\n\tGetPolicy\x12\x1c.sandbox.v1.GetPolicyRequest\x1a\x12.sandbox.v1.Policyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sandbox/v1/policy.proto\x12\nsandbox.v1\"<\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\">\n\x14ListPoliciesResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t2\xa1\x01\n\rPolicyService\x12Q\n\x0cListPolicies\x12\x1f.sandbox.v1.ListPoliciesRequest\x1a .sandbox.v1.ListPoliciesResponse\x12=\n\tGetPolicy\x12\x1c.sandbox.v1.GetPolicyRequest\x1a\x12.sandbox.v1.Policyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandbox.v1.policy_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTPOLICIESREQUEST']._serialized_start=39
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=60
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=62
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=99
-  _globals['_GETPOLICYREQUEST']._serialized_start=101
-  _globals['_GETPOLICYREQUEST']._serialized_end=133
-  _globals['_POLICY']._serialized_start=135
-  _globals['_POLICY']._serialized_end=187
-  _globals['_POLICYSERVICE']._serialized_start=190
-  _globals['_POLICYSERVICE']._serialized_end=351
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=99
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=101
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=163
+  _globals['_GETPOLICYREQUEST']._serialized_start=165
+  _globals['_GETPOLICYREQUEST']._serialized_end=197
+  _globals['_POLICY']._serialized_start=199
+  _globals['_POLICY']._serialized_end=251
+  _globals['_POLICYSERVICE']._serialized_start=254
+  _globals['_POLICYSERVICE']._serialized_end=415
 # @@protoc_insertion_point(module_scope)
