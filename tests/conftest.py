@@ -1,4 +1,4 @@
-"""Suite-wide rules: in CI, a Docker test may never be skipped."""
+"""Suite-wide rules: in CI, a Docker or browser test may never be skipped."""
 
 import os
 import tempfile
@@ -24,7 +24,7 @@ _SKIPPED_DOCKER = pytest.StashKey[list[str]]()
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and item.get_closest_marker("docker"):
+    if report.skipped and (item.get_closest_marker("docker") or item.get_closest_marker("browser")):
         item.config.stash.setdefault(_SKIPPED_DOCKER, []).append(item.nodeid)
 
 
@@ -32,4 +32,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     skipped = session.config.stash.get(_SKIPPED_DOCKER, [])
     if os.environ.get("CI") == "true" and skipped:
         session.exitstatus = 1
-        print(f"\nCI=true but {len(skipped)} Docker test(s) were skipped: CI always has an engine")
+        print(
+            f"\nCI=true but {len(skipped)} Docker or browser test(s) were skipped: CI always "
+            "has an engine and Chromium (scripts/test.sh installs it)"
+        )

@@ -179,7 +179,7 @@ def range_strip(
     a, b = _scale(lo, scale), _scale(hi, scale)
     a, b = (a - 0.05 * (b - a), b + 0.05 * (b - a)) if b > a else (a - 1, b + 1)
     label_w, row_h, top = 190, 24, 8
-    plot_w = width - label_w - 70
+    plot_w = width - label_w - 90
     height = top + row_h * max(len(rows), 1) + 30
 
     def x(value: float) -> float:
@@ -210,7 +210,7 @@ def range_strip(
         body.append(
             f'<circle cx="{_f(x(value))}" cy="{_f(y)}" r="5" fill="{RED if bad else BLUE}"/>'
         )
-        body.append(_text(width - 62, y + 4, fmt(value)))
+        body.append(_text(width - 80, y + 4, fmt(value)))
     for tick in sorted({lo, hi, 0.0, *([threshold] if threshold is not None else [])}):
         if lo <= tick <= hi:
             body.append(_text(x(tick), bottom + 14, fmt(tick, 3), anchor="middle", size=10))

@@ -6,7 +6,6 @@ import copy
 import json
 import re
 import stat
-from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +18,7 @@ from sandbox.checks.weights import lowbit_patterned
 from sandbox.cli import build_parser
 from sandbox.client import commands
 from sandbox.report_html import render_html, render_page
+from tests.browser.dom import parse, visible
 from tests.browser.reports import full_report, real_report
 
 SECTIONS = [
@@ -33,39 +33,6 @@ SECTIONS = [
     "Egress gate",
     "Timings",
 ]
-
-
-class _Dom(HTMLParser):
-    """Visible text, tags and attributes of a page, as a browser's parser sees them."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.text: list[str] = []
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        self.attrs += attrs
-        self._skip += tag in ("style", "title")
-
-    def handle_endtag(self, tag: str) -> None:
-        self._skip -= tag in ("style", "title")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.text.append(data)
-
-
-def parse(page: str) -> _Dom:
-    dom = _Dom()
-    dom.feed(page)
-    return dom
-
-
-def visible(page: str) -> str:
-    return " ".join(" ".join(parse(page).text).split())
 
 
 def test_real_report_shows_decision_accuracies_and_every_section() -> None:
