@@ -34,7 +34,7 @@ from sandbox.checks.calibrate import load_calibration
 from sandbox.dp import BudgetLedger, SqliteBudgetLedger
 from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
 from sandbox.gate import GateViolation
-from sandbox.pipeline import steps
+from sandbox.pipeline import membership_step, steps
 from sandbox.pipeline.context import JobContext, Progress, StepFailed
 from sandbox.pipeline.dp_step import Budgeting, dp_retrain
 from sandbox.pipeline.report import Report, write_atomic
@@ -185,7 +185,7 @@ def _pipeline(
     report = ctx.report
     try:
         with ctx.timed("prepare", "checking the dataset and the algorithm package"):
-            package, train, test = steps.prepare(ctx, algorithm, dataset, holdout)
+            package, train, test, canaries = steps.prepare(ctx, algorithm, dataset, holdout)
             budgeting.reserve(ctx.policy, package, train)
     except SandboxError as bad_input:
         report.reasons.append(bad_input.message)
@@ -200,6 +200,9 @@ def _pipeline(
             candidates["candidate"] = steps.gate(ctx, out, arch)
         with ctx.timed("checks", "weight checks and the low-bit sanitizer"):
             checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train)
+        if canaries is not None:
+            with ctx.timed("membership", "auditing membership of the planted canaries"):
+                checks = (*checks, membership_step.audit(ctx, canaries))
         names = ["candidate"]
         if sanitized is not None:
             candidates["sanitized"] = sanitized

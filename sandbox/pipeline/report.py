@@ -31,6 +31,7 @@ class Report:
     dp: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    membership: dict[str, Any] | None = None  # the canary audit (aggregates only)
     format: int = 1
 
     def to_json(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sandbox.checks.step import ChecksSettings, check_and_sanitize
 from sandbox.gate import TensorSpec, gate_output
-from sandbox.pipeline import containers
+from sandbox.pipeline import containers, membership_step
 from sandbox.pipeline.algorithm import AlgorithmPackage, unpack_algorithm
 from sandbox.pipeline.architecture import Architecture, parse_architecture
 from sandbox.pipeline.context import MB, JobContext, StepFailed, expect_only, read_small
@@ -23,13 +23,15 @@ from sandbox.pipeline.dataset import (
     split_holdout,
     write_npz,
 )
+from sandbox.pipeline.membership_step import PlantedCanaries
 from sandbox.policy.decide import CheckOutcome
 from sandbox.runner.base import BindMount
 
 
 def prepare(
     ctx: JobContext, algorithm: Path, dataset: Path, holdout: Path | None
-) -> tuple[AlgorithmPackage, Dataset, Dataset]:
+) -> tuple[AlgorithmPackage, Dataset, Dataset, PlantedCanaries | None]:
+    """Load and split the data; the training split written to data/ lacks held-back canaries."""
     policy = ctx.policy
     full = load_dataset(dataset, max_bytes=policy.max_dataset_mb * MB)
     if holdout is None:
@@ -39,6 +41,7 @@ def prepare(
         train, test = full, load_dataset(holdout, max_bytes=policy.max_dataset_mb * MB)
         check_compatible(test, train)
         source = "file"
+    train, canaries = membership_step.plant(ctx, train)
     ws = ctx.workspace
     data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
     write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
@@ -58,7 +61,7 @@ def prepare(
         "input_shape": list(train.input_shape),
         "holdout": source,
     }
-    return package, train, test
+    return package, train, test, canaries
 
 
 def architecture(ctx: JobContext, package: AlgorithmPackage, train: Dataset) -> Architecture:

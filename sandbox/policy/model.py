@@ -134,6 +134,29 @@ class DPRules(_Strict):
         return self
 
 
+class MembershipRules(_Strict):
+    """Planted canaries and the one-run membership audit (sandbox.checks.membership).
+
+    m records of the training split become canaries, each kept in the provider's
+    training data with probability 1/2 (secret coin flips); after training, the
+    candidate's losses on them give AUC, TPR at 1% FPR and an epsilon lower bound.
+    """
+
+    enabled: bool = Field(False, description="plant canaries and audit membership")
+    canaries: int = Field(200, ge=20, le=100_000, description="m, the records planted")
+    max_canary_fraction: float = Field(
+        0.15, gt=0, le=0.5, description="m is at most this fraction of the training split"
+    )
+    max_epsilon_lower_bound: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="flag the model when the audit certifies a larger epsilon "
+        "(m = 200 cannot certify more than ~3.7)",
+    )
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="confidence of the bound")
+
+
 class ReleaseRules(_Strict):
     """When an outcome becomes visible, and what the released model must achieve."""
 
@@ -172,3 +195,4 @@ class Policy(_Strict):
     checks: CheckRules = CheckRules()
     dp: DPRules = DPRules()
     release: ReleaseRules = ReleaseRules()
+    membership: MembershipRules = MembershipRules()

@@ -1,0 +1,95 @@
+"""The membership audit in the pipeline: plant canaries before training, audit after.
+
+`plant` (called by `steps.prepare`, before train.npz is written) draws m canaries
+from the training split with secret coin flips and returns the split WITHOUT the
+held-back half: the provider's code never sees an excluded canary. The canaries
+themselves (records and flips) stay in the orchestrator's memory only.
+
+`audit` (called after the weight checks) asks trusted code for the candidate's
+logits on all m canaries (`query_models`: the exported graph, no provider
+Python), scores them by loss, writes the aggregates to report.json's `membership`
+(owner-only) and returns a `membership_audit` CheckOutcome for `decide`.
+
+The score is the loss, not the likelihood ratio: a reference model would have to be
+trained by the platform on the split with EVERY canary removed, and no pipeline
+step trains one yet (a reference trained on train.npz has seen the included
+canaries and would cancel the signal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sandbox.checks.membership import audit_scores, canary_count, draw_canaries, loss_score
+from sandbox.errors import InvalidInput
+from sandbox.pipeline.context import JobContext, StepFailed
+from sandbox.pipeline.dataset import Dataset
+from sandbox.pipeline.query import query_models
+from sandbox.policy.decide import CheckOutcome
+
+STEP = "membership"
+
+
+@dataclass(frozen=True, eq=False)
+class PlantedCanaries:
+    """The m canaries (records and coin flips): host memory only, never written anywhere."""
+
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    included: npt.NDArray[np.bool_]
+
+    def __repr__(self) -> str:  # a log line or traceback must not print the secret
+        return f"PlantedCanaries(m={len(self.y)}, secret)"
+
+
+def plant(
+    ctx: JobContext, train: Dataset, seed: int | None = None
+) -> tuple[Dataset, PlantedCanaries | None]:
+    """The training split the provider may see, and the canaries (None when disabled).
+
+    seed=None (production) draws from the OS CSPRNG; tests pass a seed.
+    """
+    rules = ctx.policy.membership
+    if not rules.enabled:
+        return train, None
+    try:
+        m = canary_count(len(train), rules.canaries, rules.max_canary_fraction)
+    except ValueError as error:
+        raise InvalidInput(str(error)) from error
+    draw = draw_canaries(len(train), m, seed)
+    keep = draw.keep_mask(len(train))
+    visible = Dataset(
+        x=np.ascontiguousarray(train.x[keep]),
+        y=np.ascontiguousarray(train.y[keep]),
+        num_classes=train.num_classes,
+        input_shape=train.input_shape,
+    )
+    canaries = PlantedCanaries(
+        x=np.ascontiguousarray(train.x[draw.indices]),
+        y=np.ascontiguousarray(train.y[draw.indices]),
+        included=draw.included.copy(),
+    )
+    return visible, canaries
+
+
+def audit(ctx: JobContext, canaries: PlantedCanaries) -> CheckOutcome:
+    """Score the candidate's membership of every canary; record and judge it."""
+    rules = ctx.policy.membership
+    logits = query_models(ctx, ["candidate"], {"canaries": canaries.x}, STEP)
+    try:
+        scores = loss_score(logits["candidate"]["canaries"], canaries.y)
+    except ValueError as error:  # e.g. fewer outputs than the dataset has classes
+        reason = f"{STEP}: the candidate's logits do not fit the labels ({error})"
+        raise StepFailed(reason) from None
+    result = audit_scores(
+        scores,
+        canaries.included,
+        score="loss",
+        confidence=rules.confidence,
+        max_epsilon=rules.max_epsilon_lower_bound,
+    )
+    ctx.report.membership = result.to_report()
+    return CheckOutcome("membership_audit", result.verdict, result.explanation)
