@@ -28,6 +28,8 @@ from sandbox.errors import InvalidInput
 
 Optimizer = Literal["adam", "sgd"]
 Device = Literal["cpu", "cuda", "auto"]
+Schedule = Literal["constant", "cosine"]
+InitLast = Literal["default", "zero"]
 CONFIG_FORMAT = 1
 
 
@@ -50,6 +52,12 @@ class DPSettings:
     hints: Literal["clamp", "reject"] = "clamp"
     device: Device = "cpu"
     chunk: int = 256
+    # Free in privacy: they change how the noisy iterates are used, not what is released
+    # per step (see sandbox.guest.dp_train.lr_at, IterateAverage, output_weights).
+    warmup_fraction: float = 0.0  # of the steps, linear learning-rate warm-up
+    schedule: Schedule = "constant"
+    ema: float = 0.0  # decay of the iterate average that is released; 0 = last iterate
+    init_last: InitLast = "default"
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,11 +78,17 @@ class DPSettings:
             problems.append("momentum must be in [0, 1)")
         if not 1 <= self.chunk <= 65536:
             problems.append("chunk must be in [1, 65536]")
+        if not 0 <= self.warmup_fraction <= 1:
+            problems.append("warmup_fraction must be in [0, 1]")
+        if not 0 <= self.ema < 1:
+            problems.append("ema must be in [0, 1)")
         for name, value, allowed in (
             ("accountant", self.accountant, ("prv", "rdp")),
             ("optimizer", self.optimizer, ("adam", "sgd")),
             ("device", self.device, ("cpu", "cuda", "auto")),
             ("hints", self.hints, ("clamp", "reject")),
+            ("schedule", self.schedule, ("constant", "cosine")),
+            ("init_last", self.init_last, ("default", "zero")),
         ):
             if value not in allowed:
                 problems.append(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -121,6 +135,10 @@ class DPPlan:
     momentum: float
     device: Device
     chunk: int
+    warmup_steps: int = 0
+    schedule: Schedule = "constant"
+    ema: float = 0.0
+    init_last: InitLast = "default"
     notes: tuple[str, ...] = field(default=())
 
     def to_config(self) -> dict[str, Any]:
@@ -139,6 +157,10 @@ class DPPlan:
             "momentum": self.momentum,
             "chunk": self.chunk,
             "device": self.device,
+            "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
+            "ema": self.ema,
+            "init_last": self.init_last,
         }
 
     def to_json(self) -> bytes:
@@ -158,6 +180,11 @@ class DPPlan:
             "clip": self.clip,
             "lr": self.lr,
             "optimizer": self.optimizer,
+            "momentum": self.momentum,
+            "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
+            "ema": self.ema,
+            "init_last": self.init_last,
             "notes": list(self.notes),
         }
 
@@ -236,6 +263,10 @@ def make_plan(settings: DPSettings, hints: Hints, n: int) -> DPPlan:
         momentum=settings.momentum,
         device=settings.device,
         chunk=settings.chunk,
+        warmup_steps=round(settings.warmup_fraction * steps),
+        schedule=settings.schedule,
+        ema=settings.ema,
+        init_last=settings.init_last,
         notes=tuple(notes),
     )
 

@@ -64,6 +64,8 @@ _BATCH_NORM_REASON = (
     "use GroupNorm or LayerNorm"
 )
 _SCALE_NAMES = ("weight", "scale", "gamma")
+SCHEDULES = ("constant", "cosine")
+INIT_LAST = ("default", "zero")
 
 
 class DPRefused(Exception):
@@ -93,6 +95,11 @@ class DPConfig:
     momentum: float = 0.0
     chunk: int = 256
     device: str = "cpu"
+    # Utility levers that cost no privacy (bench/dp.py measured them on digits):
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first steps
+    schedule: str = "constant"  # or "cosine": decay to zero at the last step
+    ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
+    init_last: str = "default"  # or "zero": the output layer's weights start at zero
 
     @staticmethod
     def from_json(raw: bytes | str) -> DPConfig:
@@ -116,8 +123,21 @@ class DPConfig:
             "momentum": float,
             "chunk": int,
             "device": str,
+            "warmup_steps": int,
+            "schedule": str,
+            "ema": float,
+            "init_last": str,
         }
-        optional = {"optimizer", "momentum", "chunk", "device"}
+        optional = {
+            "optimizer",
+            "momentum",
+            "chunk",
+            "device",
+            "warmup_steps",
+            "schedule",
+            "ema",
+            "init_last",
+        }
         required = set(fields) - optional
         unknown = sorted(set(data) - set(fields) - {"format"})
         missing = sorted(required - set(data))
@@ -170,6 +190,14 @@ class DPConfig:
             problems.append("chunk must be in [1, 65536]")
         if self.device not in ("cpu", "cuda", "auto"):
             problems.append("device must be 'cpu', 'cuda' or 'auto'")
+        if not 0 <= self.warmup_steps <= MAX_STEPS:
+            problems.append(f"warmup_steps must be in [0, {MAX_STEPS}]")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {list(SCHEDULES)}")
+        if not 0 <= self.ema < 1:
+            problems.append("ema must be in [0, 1)")
+        if self.init_last not in INIT_LAST:
+            problems.append(f"init_last must be one of {list(INIT_LAST)}")
         if problems:
             raise DPRefused([f"dp_config.json: {p}" for p in problems])
 
@@ -264,6 +292,7 @@ def platform_init(
     shapes: Mapping[str, tuple[torch.Size, torch.dtype]],
     generator: torch.Generator,
     device: torch.device,
+    zero: frozenset[str] = frozenset(),
 ) -> Tensors:
     """The platform's initialisation, a fixed rule of names and shapes only.
 
@@ -271,11 +300,15 @@ def platform_init(
     product of all but the first dimension (PyTorch's default for Linear and Conv,
     kaiming_uniform with a = sqrt(5)). Tensors with 0 or 1 dimension: ones when the
     last name component is a scale (`weight`, `scale`, `gamma`: norm layers), else
-    zeros (biases). The provider's initial values are never read.
+    zeros (biases). Names in `zero` (the output layer's weights, `output_weights`)
+    start at zero: under DP noise a zero last layer learns faster (De et al. 2022).
+    The provider's initial values are never read.
     """
     params: Tensors = {}
     for name, (shape, dtype) in shapes.items():
-        if len(shape) >= 2:
+        if name in zero:
+            value = torch.zeros(shape, device=device, dtype=torch.float32)
+        elif len(shape) >= 2:
             fan_in = math.prod(shape[1:])
             bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
             value = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
@@ -286,6 +319,53 @@ def platform_init(
             value = torch.zeros(shape, device=device, dtype=torch.float32)
         params[name] = value.to(dtype)
     return params
+
+
+def output_weights(program: torch.export.ExportedProgram) -> frozenset[str]:
+    """The weights (2+ dimensions) of the output layer: a rule on the graph alone.
+
+    Walking back from the graph's output through operators on data, the first
+    operator on each path that also takes parameters (directly or through
+    operators on parameters alone, such as a transpose) is an output layer; its
+    parameters with 2+ dimensions are returned. For the digits MLP that is the
+    last Linear's weight. Only names and the graph's structure are read.
+    """
+    signature = program.graph_signature
+    parameters = dict(signature.inputs_to_parameters)
+    static_inputs = set(parameters) | set(signature.inputs_to_lifted_tensor_constants)
+    graph = program.graph_module.graph
+    static: set[torch.fx.Node] = set()
+    for node in graph.nodes:  # topological order
+        if node.op == "placeholder":
+            if node.name in static_inputs:
+                static.add(node)
+        elif node.op == "call_function" and all(n in static for n in node.all_input_nodes):
+            static.add(node)
+
+    def params_under(node: torch.fx.Node) -> set[str]:
+        if node.op == "placeholder":
+            return {parameters[node.name]} if node.name in parameters else set()
+        found: set[str] = set()
+        for parent in node.all_input_nodes:
+            found |= params_under(parent)
+        return found
+
+    shapes = program.state_dict
+    found: set[str] = set()
+    seen: set[torch.fx.Node] = set()
+    stack = [n for out in graph.nodes if out.op == "output" for n in out.all_input_nodes]
+    while stack:
+        node = stack.pop()
+        if node in seen or node in static:
+            continue
+        seen.add(node)
+        feeding = [n for n in node.all_input_nodes if n in static]
+        if feeding:
+            for parent in feeding:
+                found |= params_under(parent)
+            continue
+        stack.extend(node.all_input_nodes)
+    return frozenset(name for name in found if shapes[name].dim() >= 2)
 
 
 def parameter_shapes(
@@ -415,6 +495,41 @@ def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> tor
     return mask.nonzero().squeeze(1)
 
 
+def lr_at(step: int, config: DPConfig) -> float:
+    """Learning rate of step `step` (0-based): linear warm-up, then constant or cosine.
+
+    A function of the step number and the plan only: the schedule reads no data.
+    """
+    factor = 1.0
+    if config.warmup_steps > 0:
+        factor = min(1.0, (step + 1) / config.warmup_steps)
+    if config.schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+    return config.lr * factor
+
+
+class IterateAverage:
+    """Exponential moving average of the parameters (Polyak averaging with decay).
+
+    `update` takes the current parameters and nothing else, so the average is a
+    function of the released noisy iterates: post-processing, no privacy cost.
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) so that the start, far from
+    the optimum, is forgotten quickly (De et al. 2022; Tensorflow's EMA).
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor], decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.average: Tensors = {k: v.detach().clone() for k, v in params.items()}
+
+    def update(self, params: Mapping[str, torch.Tensor]) -> None:
+        self.updates += 1
+        decay = min(self.decay, self.updates / (9 + self.updates))
+        with torch.no_grad():
+            for name, value in params.items():
+                self.average[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+
+
 def make_optimizer(params: list[torch.Tensor], config: DPConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr)
@@ -445,9 +560,12 @@ def train(
         raise DPRefused([f"the dataset has {n} examples; the plan was made for {config.n}"])
     params = {name: t.detach().clone().float().requires_grad_(True) for name, t in initial.items()}
     optimizer = make_optimizer(list(params.values()), config)
+    average = IterateAverage(params, config.ema) if config.ema > 0 else None
     start = time.perf_counter()
     empty = 0
-    for _ in range(config.steps):
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
         index = poisson_batch(n, config.sample_rate, sample_generator).to(x.device)
         detached = {name: p.detach() for name, p in params.items()}
         if index.numel() == 0:
@@ -466,7 +584,10 @@ def train(
             optimizer=optimizer,
             generator=noise_generator,
         )
-    trained = {name: p.detach().to(initial[name].dtype).contiguous() for name, p in params.items()}
+        if average is not None:
+            average.update(params)
+    final = average.average if average is not None else params
+    trained = {name: p.detach().to(initial[name].dtype).contiguous() for name, p in final.items()}
     return TrainResult(trained, config.steps, empty, time.perf_counter() - start)
 
 
@@ -515,7 +636,8 @@ def main() -> None:
             raise DPRefused([f"the exported program does not load: {error}"]) from error
         module.to(device)
         x, y = _load_data(device)
-        initial = platform_init(parameter_shapes(program), make_generator(device), device)
+        zero = output_weights(program) if config.init_last == "zero" else frozenset()
+        initial = platform_init(parameter_shapes(program), make_generator(device), device, zero)
         del program  # the provider's initial weights go no further
         result = train(
             module,
@@ -550,6 +672,10 @@ def main() -> None:
         "clip": config.clip,
         "optimizer": config.optimizer,
         "lr": config.lr,
+        "warmup_steps": config.warmup_steps,
+        "schedule": config.schedule,
+        "ema": config.ema,
+        "init_last": config.init_last,
         "device": device.type,
         "init": "platform",
     }
