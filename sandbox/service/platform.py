@@ -51,6 +51,7 @@ from sandbox.runner.workspace import JobWorkspace, sweep_stale
 from sandbox.service.executor import Executor
 from sandbox.service.state import StateDir
 from sandbox.service.uploads import (
+    Overlapped,
     UploadHeader,
     check_declared,
     check_digest,
@@ -78,9 +79,9 @@ from sandbox.store import (
     Release,
     Role,
     decrypt_to,
-    encrypt_stream,
     new_id,
 )
+from sandbox.store.crypto import DatasetSealer
 from sandbox.store.metadata import (
     DEFAULT_PAGE_SIZE,
     MAX_DETAIL,
@@ -287,28 +288,30 @@ class Platform:
     def upload_dataset(
         self, who: Identity, header: UploadHeader, chunks: Iterable[bytes]
     ) -> Dataset:
-        """Receive, then validate (child process) while encrypting into the blob store."""
+        """Encrypt into the blob store while receiving; then validate (child process)
+        while the blob is fsynced."""
         self._require(who, Role.DATA_OWNER)
         check_text(header.name, "dataset name")
         dataset_id = new_id("ds")
-        check_declared(header, self.limits.max_dataset_bytes)
+        limit = self.limits.max_dataset_bytes
+        check_declared(header, limit)
         with self._upload_space() as space:
-            # plaintext only in a private, size-capped tmpfs: never on disk
+            # plaintext only in a private, size-capped tmpfs (for the validator): never on disk
             plain = space.tmpfs("plain", header.size // MiB + 2, mode=0o700) / "dataset.npz"
-            # the digest is checked on the encryption pass below (one hash fewer)
-            receive(header, chunks, plain, self.limits.max_dataset_bytes, verify_sha256=False)
-            check = DatasetCheck(plain, self.limits.max_dataset_bytes)
+            check: DatasetCheck | None = None
             blob: str | None = None
             try:
-                with (
-                    open(plain, "rb") as src,
-                    self.blobs.writer(max_bytes=self.limits.max_dataset_bytes * 2) as sealed,
-                ):
-                    # a BlobWriter is write-only: all encrypt_stream needs of its dst
-                    info = encrypt_stream(src, sealed, dataset_id, self.master)  # type: ignore[arg-type]
+                with self.blobs.writer(max_bytes=limit * 2) as sealed:
+                    sealer = DatasetSealer(sealed, dataset_id, self.master, max_bytes=limit)
+                    with Overlapped(sealer.write) as sealing:
+                        # the digest is checked on the sealing pass (one hash fewer)
+                        receive(header, chunks, plain, limit, verify_sha256=False, tee=sealing.put)
+                        sealing.finish()
+                    info = sealer.close()
                     check_digest(header, info.sha256_plaintext)
+                    check = DatasetCheck(plain, limit)
                     blob = sealed.commit().sha256
-                summary = check.result()
+                summary = check.result()  # bound: the block above either set it or raised
                 dataset = self.store.add_dataset(
                     id=dataset_id,
                     owner=who.party,
@@ -320,7 +323,8 @@ class Platform:
                     input_shape=summary.input_shape,
                 )
             except BaseException:
-                check.kill()
+                if check is not None:
+                    check.kill()
                 if blob is not None:
                     self.blobs.delete(blob)  # sealed under a fresh key: never shared
                 raise

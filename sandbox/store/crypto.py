@@ -56,7 +56,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -265,9 +265,117 @@ def _read_full(src: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class DatasetSealer:
+    """Encrypt a dataset pushed piece by piece (`write`, then `close`) into `dst`.
+
+    The same format as `encrypt_stream`, for bytes that arrive in pieces of any size
+    (an upload's messages): they are cut into `chunk_size` chunks here. A full chunk
+    is held back until more bytes arrive or `close` says it was the last, because its
+    associated data records whether it is final. It holds at most one chunk plus the
+    piece being written, whatever the dataset's size.
+    """
+
+    def __init__(
+        self,
+        dst: _Writable,
+        dataset_id: str,
+        master: MasterKey,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._id = _encode_id(dataset_id)
+        self._name = dataset_id
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise InvalidInput(
+                f"chunk size {chunk_size} is outside [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes"
+            )
+        data_key = os.urandom(KEY_BYTES)
+        self._header = _Header(
+            chunk_size=chunk_size,
+            key_id=master._key_id,
+            nonce_prefix=os.urandom(_PREFIX),
+            wrap_nonce=os.urandom(_NONCE),
+            dataset_id=self._id,
+            wrapped_key=b"",
+        )
+        authenticated = self._header.authenticated_bytes()
+        dst.write(authenticated)
+        dst.write(master._wrap.encrypt(self._header.wrap_nonce, data_key, authenticated))
+        self._dst = dst
+        self._aead = AESGCM(data_key)
+        self._chunk = chunk_size
+        self._max = max_bytes
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._index = 0
+        self._held: bytes | None = None  # a full chunk: final or not is not known yet
+        self._partial = bytearray()  # fewer than chunk_size bytes
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise ValueError("write to a closed DatasetSealer")
+        self._size += len(data)
+        if self._max is not None and self._size > self._max:
+            raise LimitExceeded(
+                f"dataset {self._name!r} is larger than the limit of {self._max} bytes; "
+                "upload a smaller dataset or raise the limit in the server configuration"
+            )
+        view = memoryview(data)
+        if not self._partial and len(view) == self._chunk and isinstance(data, bytes):
+            self._full(data)  # the common case: one message, one chunk, no copy
+            return
+        while view:
+            take = min(self._chunk - len(self._partial), len(view))
+            self._partial += view[:take]
+            view = view[take:]
+            if len(self._partial) == self._chunk:
+                self._full(bytes(self._partial))
+                self._partial.clear()
+
+    def _full(self, chunk: bytes) -> None:
+        if self._held is not None:
+            self._seal(self._held, final=False)
+        self._held = chunk
+
+    def _seal(self, chunk: bytes | bytearray, *, final: bool) -> None:
+        if self._index >= MAX_CHUNKS:
+            raise LimitExceeded(
+                f"dataset {self._name!r} needs more than {MAX_CHUNKS} chunks of "
+                f"{self._chunk} bytes; use a larger chunk size"
+            )
+        nonce = self._header.nonce_prefix + self._index.to_bytes(4, "big")
+        self._digest.update(chunk)
+        self._dst.write(_FRAME.pack(nonce, len(chunk)))
+        self._dst.write(self._aead.encrypt(nonce, chunk, _chunk_aad(self._id, self._index, final)))
+        self._index += 1
+
+    def close(self) -> EncryptedInfo:
+        """Seal what is left (the final chunk: an empty one for an empty dataset)."""
+        if self._closed:
+            raise ValueError("DatasetSealer closed twice")
+        self._closed = True
+        if self._held is not None and not self._partial:
+            self._seal(self._held, final=True)
+        else:
+            if self._held is not None:
+                self._seal(self._held, final=False)
+            self._seal(self._partial, final=True)
+        self._held = None
+        self._partial = bytearray()
+        return EncryptedInfo(
+            size=self._size, sha256_plaintext=self._digest.hexdigest(), chunks=self._index
+        )
+
+
 def encrypt_stream(
     src: BinaryIO,
-    dst: BinaryIO,
+    dst: _Writable,
     dataset_id: str,
     master: MasterKey,
     *,
@@ -279,51 +387,10 @@ def encrypt_stream(
     Raises LimitExceeded when `src` is longer than `max_bytes` (`dst` then holds a
     partial file the caller must delete).
     """
-    encoded_id = _encode_id(dataset_id)
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        raise InvalidInput(
-            f"chunk size {chunk_size} is outside [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes"
-        )
-    data_key = os.urandom(KEY_BYTES)
-    header = _Header(
-        chunk_size=chunk_size,
-        key_id=master._key_id,
-        nonce_prefix=os.urandom(_PREFIX),
-        wrap_nonce=os.urandom(_NONCE),
-        dataset_id=encoded_id,
-        wrapped_key=b"",
-    )
-    authenticated = header.authenticated_bytes()
-    dst.write(authenticated)
-    dst.write(master._wrap.encrypt(header.wrap_nonce, data_key, authenticated))
-
-    aead = AESGCM(data_key)
-    digest = hashlib.sha256()
-    size = 0
-    index = 0
-    current = _read_full(src, chunk_size)
-    while True:
-        following = _read_full(src, chunk_size) if len(current) == chunk_size else b""
-        final = not following
-        size += len(current)
-        if max_bytes is not None and size > max_bytes:
-            raise LimitExceeded(
-                f"dataset {dataset_id!r} is larger than the limit of {max_bytes} bytes; "
-                "upload a smaller dataset or raise the limit in the server configuration"
-            )
-        nonce = header.nonce_prefix + index.to_bytes(4, "big")
-        digest.update(current)
-        dst.write(_FRAME.pack(nonce, len(current)))
-        dst.write(aead.encrypt(nonce, current, _chunk_aad(encoded_id, index, final)))
-        if final:
-            return EncryptedInfo(size=size, sha256_plaintext=digest.hexdigest(), chunks=index + 1)
-        index += 1
-        if index >= MAX_CHUNKS:
-            raise LimitExceeded(
-                f"dataset {dataset_id!r} needs more than {MAX_CHUNKS} chunks of {chunk_size} "
-                "bytes; use a larger chunk size"
-            )
-        current = following
+    sealer = DatasetSealer(dst, dataset_id, master, chunk_size=chunk_size, max_bytes=max_bytes)
+    while data := _read_full(src, chunk_size):
+        sealer.write(data)
+    return sealer.close()
 
 
 def _read_header(src: BinaryIO, where: str) -> _Header:

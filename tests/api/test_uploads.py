@@ -259,3 +259,28 @@ def test_concurrent_uploads_are_bounded(env: Env, tmp_path: Path) -> None:
     for client in clients:
         client.close()
     env.client("alice").upload_dataset(tmp_path / "digits.npz", "after")  # slots are free again
+
+
+def test_overlapped_sealing_surfaces_the_workers_error_and_always_stops() -> None:
+    """The sealing thread's first error reaches the receiving thread, which stops."""
+    import threading
+
+    from sandbox.service.uploads import Overlapped
+
+    seen: list[bytes] = []
+
+    def consume(piece: bytes) -> None:
+        if piece == b"bad":
+            raise LimitExceeded("too big")
+        seen.append(piece)
+
+    with pytest.raises(LimitExceeded, match="too big"), Overlapped(consume, depth=1) as worker:
+        for piece in (b"a", b"bad", *([b"late"] * 50)):  # more than the queue holds
+            worker.put(piece)
+        worker.finish()
+    assert seen == [b"a"]
+    with Overlapped(seen.append) as worker:
+        worker.put(b"b")
+        worker.finish()
+    assert seen == [b"a", b"b"]
+    assert not [t for t in threading.enumerate() if t.name == "upload-seal"]

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import itertools
 import os
 import struct
 import tracemalloc
@@ -453,3 +454,45 @@ def test_master_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 def test_master_key_of_wrong_length_in_memory_is_refused() -> None:
     with pytest.raises(InvalidInput, match="32 bytes"):
         MasterKey(b"\x00" * 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.binary(max_size=5 * CHUNK + 7),
+    cuts=st.lists(st.integers(min_value=0, max_value=5 * CHUNK + 7), max_size=8),
+)
+def test_sealer_cuts_pieces_of_any_size_into_the_same_chunks(data: bytes, cuts: list[int]) -> None:
+    """An upload's messages have any sizes: the chunks (and so every frame, every length
+    and every final flag) are those of encrypting the whole file in one stream."""
+    from sandbox.store.crypto import DatasetSealer
+
+    out = io.BytesIO()
+    sealer = DatasetSealer(out, "ds1", MASTER, chunk_size=CHUNK)
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for start, end in itertools.pairwise(bounds):
+        sealer.write(data[start:end])
+    info = sealer.close()
+    blob = out.getvalue()
+    assert open_(blob) == data
+    assert info.size == len(data) and info.sha256_plaintext == hashlib.sha256(data).hexdigest()
+    expected_chunks = max(1, -(-len(data) // CHUNK))
+    assert info.chunks == expected_chunks and len(split(blob)[1]) == expected_chunks
+
+    def lengths(sealed: bytes) -> list[int]:
+        return [struct.unpack(">I", c[12:16])[0] for c in split(sealed)[1]]
+
+    assert lengths(blob) == lengths(seal(data)[0])
+    assert lengths(blob) == [len(c) - FRAME - TAG for c in split(blob)[1]]
+
+
+def test_sealer_refuses_more_than_max_bytes_and_writes_after_close() -> None:
+    from sandbox.store.crypto import DatasetSealer
+
+    sealer = DatasetSealer(io.BytesIO(), "ds1", MASTER, chunk_size=CHUNK, max_bytes=100)
+    sealer.write(b"x" * 100)
+    with pytest.raises(LimitExceeded, match="larger than the limit of 100 bytes"):
+        sealer.write(b"y")
+    done = DatasetSealer(io.BytesIO(), "ds1", MASTER, chunk_size=CHUNK)
+    done.close()
+    with pytest.raises(ValueError):
+        done.write(b"late")
