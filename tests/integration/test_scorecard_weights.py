@@ -1,0 +1,70 @@
+"""The scorecard's weight channels against the default policy, through the real pipeline.
+
+Each of Song et al.'s attacks (10 epochs, the small budget) runs as a whole job on
+Docker; the attacker's decoder reads what was released. The control (the same
+decoder on the gated candidate, never released) proves each attack carried the
+records in this very run, so `detected` and `neutralized` are the policy's doing,
+not a broken attack.
+
+Three of the four channels, three jobs at once (about 80 s on an idle 2-core
+machine): raw LSB takes the same path as sign here (flagged, rejected), and its
+flag is pinned by tests/unit/test_redteam_attacks.py.
+"""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from sandbox.policy.load import load_policy
+from sandbox.redteam.weight_channels import CHANNELS, start_weight_channels
+from sandbox.runner.base import LABEL_JOB
+from sandbox.runner.docker_runner import DockerRunner
+
+pytestmark = pytest.mark.docker
+
+
+def test_weight_channels_under_the_default_policy(
+    docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    policy = load_policy("default")
+    channels = [c for c in CHANNELS if c.name != "lsb"]
+    wait = start_weight_channels(
+        policy, DockerRunner(docker_client), runtime_image, channels=channels, parallel=3
+    )
+    results = {r.channel.name: r for r in wait()}
+    assert set(results) == {"lsb-encrypted", "correlated-value", "sign-encoding"}
+
+    for name, result in results.items():
+        control = result.control
+        assert control is not None and control.leaked, (name, result.evidence)
+        assert result.evidence
+    # The attacks work: near-exact bits for LSB, most sign bits, correlated records.
+    control = results["lsb-encrypted"].control
+    assert control is not None and control.observed > 0.99
+    assert control.records >= 200
+    sign = results["sign-encoding"].control
+    assert sign is not None and 0.8 <= sign.observed <= 1.0
+
+    flagged = {
+        name: {c["name"] for c in r.report.checks if c["verdict"] == "flag"}
+        for name, r in results.items()
+    }
+    # Encrypted LSB looks like noise to every check; the sanitizer destroys it.
+    encrypted = results["lsb-encrypted"]
+    assert encrypted.outcome == "neutralized", encrypted.evidence
+    assert encrypted.report.decision == "released_sanitized"
+    assert encrypted.extraction is not None and not encrypted.extraction.leaked
+    assert abs(encrypted.extraction.observed - 0.5) <= 0.01
+    assert encrypted.extraction.recovered == 0
+    # The regularisers leave sign structure the data-free checks see (default runs
+    # no data-aware check and never DP): rejected, nothing released.
+    assert results["sign-encoding"].outcome == "detected"
+    assert "sign_balance" in flagged["sign-encoding"]
+    assert results["correlated-value"].outcome == "detected"
+    assert results["correlated-value"].report.decision == "rejected"
+    assert {"sign_runs", "sign_balance"} & flagged["correlated-value"]
+
+    jobs = {r.report.job_id for r in results.values()}
+    left = [c for c in docker_client.containers.list(all=True) if c.labels.get(LABEL_JOB) in jobs]
+    assert left == []
