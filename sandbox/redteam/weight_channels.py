@@ -7,7 +7,9 @@ audit log and in-memory privacy ledger, so the scorecard never touches the
 operator's own. The attacker's decoder is then applied to what was actually
 released (nothing if the job was rejected) and scored against chance. As a control,
 the same decoder also reads the gated candidate in the job's workspace (captured
-when the checks start; never released): a `neutralized` or `detected` whose control
+when the checks start; never released), and the truth is the train.npz the job
+gave train.py (captured from the workspace: a policy with a membership audit holds
+canaries back, so it is not simply the split): a `neutralized` or `detected` whose control
 is at chance would mean a broken attack, not a defence.
 
 Scoring:
@@ -279,7 +281,8 @@ class WeightResult:
 
 
 def training_split(policy: Policy) -> npt.NDArray[np.float32]:
-    """The training records the pipeline hands train.py, in the order it hands them."""
+    """The training split in the order the pipeline hands it to train.py, before any
+    canaries are held back (the fallback when the job's train.npz was not seen)."""
     x, y = sample_dataset("digits")
     train, _ = split_holdout(
         Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
@@ -326,10 +329,16 @@ def run_weight_channel(
     give_up = turns.job() if turns else (lambda: None)
 
     job_id = uuid.uuid4().hex
-    candidate = base / "work" / job_id / "work" / "candidate.safetensors"
+    workspace = base / "work" / job_id
+    candidate = workspace / "work" / "candidate.safetensors"
     captured: dict[str, npt.NDArray[np.floating]] = {}
+    given: list[npt.NDArray[np.float32]] = []
 
     def progress(step: str, message: str) -> None:
+        if step == "architecture" and (workspace / "data" / "train.npz").is_file():
+            # what train.py is given (the policy may hold canaries back): the truth
+            with np.load(workspace / "data" / "train.npz", allow_pickle=False) as data:
+                given.append(np.asarray(data["x"], dtype=np.float32))
         if step == "checks" and candidate.is_file():  # gated, not yet checked or released
             captured.update(load_weights(candidate))
         if step == "hold":
@@ -356,7 +365,7 @@ def run_weight_channel(
     finally:
         give_up()
     seconds = time.monotonic() - started
-    x_train = training_split(policy)
+    x_train = given[0] if given else training_split(policy)
     extraction = None
     if report.decision != "rejected":
         released = load_weights(base / "out" / "model.safetensors")
