@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.dp import TUNED, accuracy, dp_plan, export_example, markdown_table, train_non_private
+from bench.dp import TUNED, accuracy, export_example, markdown_table, train_non_private
 from sandbox.checks.membership import (
     audit_scores,
     canary_count,
@@ -56,6 +56,7 @@ from sandbox.checks.membership import (
     likelihood_ratio_score,
     loss_score,
 )
+from sandbox.dp.plan import DPPlan, DPSettings, Hints, make_plan
 from sandbox.guest import dp_train
 from sandbox.policy.load import load_policy
 
@@ -81,6 +82,27 @@ def logits_of(module: torch.nn.Module, params: dict[str, torch.Tensor], x: np.nd
     with torch.no_grad():
         out = torch.func.functional_call(module, params, (torch.from_numpy(x),), strict=True)
     return out.numpy().astype(np.float64)
+
+
+def dp_plan(n: int) -> DPPlan:
+    """bench/dp.py's tuned DP-SGD at epsilon 3 (SGD, momentum 0.9, batch 512, lr 0.3, C 1)."""
+    tuned = TUNED[DP_EPSILON]
+    settings = DPSettings(
+        epsilon=DP_EPSILON,
+        delta=1e-5,
+        accountant="prv",
+        clip=tuned["clip"],
+        epochs=(1, 1000),
+        batch_size=(1, 65536),
+        lr=(1e-5, 100.0),
+        default_epochs=DP_EPOCHS,
+        default_batch_size=tuned["batch"],
+        default_lr=tuned["lr"],
+        optimizer=tuned["optimizer"],
+        momentum=tuned["momentum"],
+        chunk=256,
+    )
+    return make_plan(settings, Hints(), n)
 
 
 def acc_of(logits: Any, y: Any) -> float:
@@ -156,7 +178,7 @@ def run_repeat(
     for name, epochs in (("honest", HONEST_EPOCHS), ("memorising", MEMORISING_EPOCHS)):
         models[name] = train_non_private(module, fresh(), x, y, epochs, shuffle())
     # the DP plan is made for the records DP-SGD trains on (the draw leaves ~m/2 out)
-    plan = dp_plan(DP_EPSILON, DP_EPOCHS, len(y), "prv")
+    plan = dp_plan(len(y))
     dp_config = dp_train.DPConfig.from_json(plan.to_json())
     result = dp_train.train(
         module,
@@ -239,7 +261,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         program, module = dp_train.load_program(str(export_example(Path(tmp))))
     shapes = dp_train.parameter_shapes(program)
-    plan = dp_plan(DP_EPSILON, DP_EPOCHS, len(train.y) - m // 2, "prv")  # typical; for meta
+    plan = dp_plan(len(train.y) - m // 2)  # a typical draw, for the metadata
     assert DP_EPSILON in TUNED
 
     started = time.monotonic()
