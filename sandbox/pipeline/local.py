@@ -34,7 +34,7 @@ from sandbox.checks.calibrate import load_calibration
 from sandbox.dp import BudgetLedger, SqliteBudgetLedger
 from sandbox.errors import FailedPrecondition, InvalidInput, SandboxError
 from sandbox.gate import GateViolation
-from sandbox.pipeline import membership_step, steps
+from sandbox.pipeline import membership_step, probe_step, steps
 from sandbox.pipeline.context import JobContext, Progress, StepFailed
 from sandbox.pipeline.dp_step import Budgeting, dp_retrain
 from sandbox.pipeline.report import Report, write_atomic
@@ -200,6 +200,9 @@ def _pipeline(
             candidates["candidate"] = steps.gate(ctx, out, arch)
         with ctx.timed("checks", "weight checks and the low-bit sanitizer"):
             checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train)
+        if ctx.policy.probes.enabled:
+            with ctx.timed("probe", "probing the model with out-of-distribution queries"):
+                checks = (*checks, *probe_step.probe(ctx, train, test))
         if canaries is not None:
             with ctx.timed("membership", "auditing membership of the planted canaries"):
                 checks = (*checks, membership_step.audit(ctx, canaries))

@@ -29,6 +29,7 @@ class Report:
     checks: list[dict[str, Any]] = field(default_factory=list)
     utility: dict[str, Any] = field(default_factory=dict)
     dp: dict[str, Any] | None = None
+    probes: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     membership: dict[str, Any] | None = None  # the canary audit (aggregates only)

@@ -90,6 +90,45 @@ class CheckRules(_Strict):
     )
 
 
+ProbeFamily = Literal["uniform", "gaussian", "sparse", "binary", "prng", "patch_shuffle", "mixed"]
+
+
+class ProbeRules(_Strict):
+    """Pipeline step 4, behaviour side: canary-query probing for black-box capacity abuse
+    (sandbox.checks.probing). The queries are drawn from a fresh CSPRNG seed per job."""
+
+    enabled: bool = Field(False, description="probe the candidate with out-of-distribution queries")
+    queries_per_family: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="queries per family (the shipped thresholds were calibrated at 256)",
+    )
+    fpr: float = Field(
+        0.01,
+        ge=0.0001,
+        le=0.5,
+        description="family-wise false-positive rate: each of the k probe checks uses fpr/k",
+    )
+    families: tuple[ProbeFamily, ...] = Field(
+        typing.get_args(ProbeFamily), min_length=1, description="query families to run"
+    )
+    reference: bool = Field(
+        False, description="compare with the platform's own plain training (not available yet)"
+    )
+
+    @model_validator(mode="after")
+    def _no_reference_yet(self) -> ProbeRules:
+        if self.reference:
+            raise ValueError(
+                "probes.reference: the platform's reference model is not implemented yet; "
+                "set it to false"
+            )
+        if len(set(self.families)) != len(self.families):
+            raise ValueError("probes.families lists a family twice")
+        return self
+
+
 class DPRules(_Strict):
     """Forced DP retraining of the declared architecture (sandbox.dp, guest dp_train)."""
 
@@ -193,6 +232,7 @@ class Policy(_Strict):
     )
     quotas: Quotas = Quotas()
     checks: CheckRules = CheckRules()
+    probes: ProbeRules = ProbeRules()
     dp: DPRules = DPRules()
     release: ReleaseRules = ReleaseRules()
     membership: MembershipRules = MembershipRules()

@@ -1,0 +1,112 @@
+"""Pipeline step 4, behaviour side: canary-query probing of the gated candidate.
+
+After the weight checks, the platform asks the candidate (loaded into the exported
+graph by trusted code in a sandbox container, `query_models`) for its logits on
+out-of-distribution query families, on a slightly perturbed copy of each, and on
+the holdout, then reduces them to per-family statistics and judges them against
+the honest corpus's calibration (sandbox.checks.probing). The seed comes from the
+OS CSPRNG, so a provider cannot train its model to behave on the probes.
+
+Verdicts enter the decision as ordinary `probe_<statistic>` check outcomes; the
+owner's report gets `report.probes` (statistics, histograms, verdicts, seconds).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sandbox.checks.probing.calibrate import CHECKED, load_shipped, verdicts
+from sandbox.checks.probing.families import build_families, input_domain, perturb
+from sandbox.checks.probing.stats import confidence_histogram, family_statistics
+from sandbox.pipeline.context import JobContext
+from sandbox.pipeline.dataset import Dataset
+from sandbox.pipeline.query import query_models
+from sandbox.policy.decide import CheckOutcome
+
+PERTURBED = "-p"
+
+
+def probe_queries(
+    train: Dataset, seed: int, n: int, families: tuple[str, ...]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """FAMILY and its perturbed copy FAMILY-p for each family, from one seed."""
+    domain = input_domain(train.x)
+    built = build_families(domain, seed=seed, n=n, names=families)
+    queries: dict[str, npt.NDArray[np.float32]] = {}
+    for i, (name, x) in enumerate(built.items()):
+        queries[name] = x
+        queries[f"{name}{PERTURBED}"] = perturb(domain, x, seed=(seed, i))
+    return queries
+
+
+def probe(
+    ctx: JobContext, train: Dataset, test: Dataset, name: str = "candidate"
+) -> tuple[CheckOutcome, ...]:
+    """Probe work/NAME.safetensors; fill report.probes; return the check outcomes."""
+    rules = ctx.policy.probes
+    start = time.monotonic()
+    seed = secrets.randbits(63)
+    queries = probe_queries(train, seed, rules.queries_per_family, tuple(rules.families))
+    queries["holdout"] = np.ascontiguousarray(test.x, dtype=np.float32)
+    logits = query_models(ctx, [name], queries, "probe")[name]
+    holdout = logits["holdout"]
+    stats: dict[str, dict[str, float]] = {
+        family: family_statistics(logits[family], logits[f"{family}{PERTURBED}"], None, holdout)
+        for family in rules.families
+    }
+    calibration = load_shipped(train.num_classes)
+    checked = [s for s in CHECKED if any(s in values for values in stats.values())]
+    results = verdicts(stats, calibration, rules.fpr / max(1, len(checked)), checked=checked)
+    entries: list[dict[str, Any]] = [
+        {
+            "name": r.name,
+            "statistic": r.statistic,
+            "threshold": r.threshold,
+            "verdict": r.verdict,
+            "explanation": r.explanation,
+        }
+        for r in results
+    ]
+    ctx.report.probes = {
+        "queries_per_family": rules.queries_per_family,
+        "reference": rules.reference,
+        "families": [
+            {
+                "name": family,
+                "n": int(len(logits[family])),
+                "statistics": {k: round(v, 6) for k, v in stats[family].items()},
+                "confidence_histogram": confidence_histogram(logits[family]),
+            }
+            for family in rules.families
+        ],
+        "holdout_confidence_histogram": confidence_histogram(holdout),
+        "checks": [_finite(e) for e in entries],
+        "seconds": round(time.monotonic() - start, 3),
+    }
+    if (
+        calibration.queries_per_family is not None
+        and calibration.queries_per_family != rules.queries_per_family
+    ):
+        ctx.report.probes["note"] = (
+            f"thresholds were calibrated at {calibration.queries_per_family} queries per "
+            f"family, this job used {rules.queries_per_family}: the false-positive rate is "
+            "approximate"
+        )
+    return tuple(
+        CheckOutcome(r.name, "flag" if r.verdict == "flag" else "pass", r.explanation)
+        for r in results
+    )
+
+
+def _finite(entry: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe numbers: NaN/Inf statistics (an uncalibrated check) become None."""
+    out = dict(entry)
+    for key in ("statistic", "threshold"):
+        value = out.get(key)
+        out[key] = round(float(value), 6) if value is not None and np.isfinite(value) else None
+    return out
