@@ -48,6 +48,7 @@ from sandbox.audit import load_signing_key
 from sandbox.errors import FailedPrecondition
 from sandbox.runner.gpu import GpuPool
 from sandbox.service.executor import DockerExecutor, Executor
+from sandbox.service.failpoint import FailPoint
 from sandbox.service.platform import Limits, Platform
 from sandbox.service.state import StateDir
 from sandbox.store import BlobStore, MasterKey, MetadataStore, SqliteMetadataStore
@@ -113,6 +114,7 @@ def build_platform(
     cpu_slots: int = 1,
     limits: Limits | None = None,
     store: MetadataStore | None = None,
+    failpoint: FailPoint | None = None,
 ) -> Platform:
     state.check()
     for directory in (state.blobs, state.jobs, state.work):
@@ -131,6 +133,7 @@ def build_platform(
         cpu_slots=cpu_slots,
         gpu_pool=GpuPool(),
         limits=limits,
+        failpoint=failpoint,
     )
 
 
@@ -148,7 +151,12 @@ def start_server(
     state = StateDir(state_dir)
     bound_malloc_retention()
     platform = build_platform(
-        state, executor=executor, cpu_slots=cpu_slots, limits=limits, store=store
+        state,
+        executor=executor,
+        cpu_slots=cpu_slots,
+        limits=limits,
+        store=store,
+        failpoint=FailPoint.from_environment(),  # crash tests only: read once, here
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),

@@ -49,6 +49,7 @@ from sandbox.policy.model import Policy
 from sandbox.runner.gpu import GpuPool
 from sandbox.runner.workspace import JobWorkspace, sweep_stale
 from sandbox.service.executor import Executor
+from sandbox.service.failpoint import FailPoint
 from sandbox.service.state import StateDir
 from sandbox.service.uploads import (
     Overlapped,
@@ -152,8 +153,10 @@ class Platform:
         gpu_pool: GpuPool | None = None,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
+        failpoint: FailPoint | None = None,
     ) -> None:
         self.state = state
+        self.failpoint = failpoint or FailPoint()  # crash tests only; see failpoint.py
         self.store = store
         self.blobs = blobs
         self.master = master
@@ -654,6 +657,7 @@ class Platform:
             target = _STEP_STATES.get(step)
             if target is not None and _ORDER.index(target) > _ORDER.index(current[0]):
                 advance(target)
+                self.failpoint.pause_at(target.value)
 
         try:
             self._run(job, policy, device, advance, progress)
@@ -721,6 +725,7 @@ class Platform:
         if self._stopping.is_set():  # its containers were killed: no decision
             raise _Interrupted
         advance(JobState.DECIDE)
+        self.failpoint.pause_at("decide")
         if decision is Decision.REJECTED:
             advance(JobState.DONE, decision=decision, reasons=reasons)
             return
@@ -733,7 +738,9 @@ class Platform:
                 expected_sha256=str(report.model["sha256"]),
             )
         advance(JobState.RELEASE, decision=decision, reasons=reasons)
+        self.failpoint.pause_at("release-before-row")
         self.store.record_release(job.id, model_sha256=ref.sha256)
+        self.failpoint.pause_at("release-after-row")
         advance(JobState.DONE)
 
     # ------------------------------------------------------------ models and reports

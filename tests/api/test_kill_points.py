@@ -97,3 +97,17 @@ def test_kill_at_a_point_then_restart(
             assert not [line for line in mounts if str(state) in line]
     finally:
         server.stop()
+
+
+def test_the_fail_point_comes_only_from_the_server_environment() -> None:
+    """Unset: no pause. An unknown point refuses to start. No RPC or policy can set it
+    (Platform takes it only as a constructor argument, from `start_server`)."""
+    from sandbox.errors import FailedPrecondition
+    from sandbox.service.failpoint import ENV, FailPoint
+
+    assert FailPoint.from_environment({}).point is None
+    FailPoint.from_environment({}).pause_at("decide")  # returns at once
+    assert FailPoint.from_environment({ENV: "decide"}).point == "decide"
+    FailPoint("decide").pause_at("gate")  # another point: returns at once
+    with pytest.raises(FailedPrecondition, match="not a fail point"):
+        FailPoint.from_environment({ENV: "everything"})

@@ -1,14 +1,17 @@
 """`sandbox serve` killed with SIGKILL at several points, restarted each time.
 
-Points: mid-upload, a job queued, a job in architecture, a job in train, mid-download.
-After each restart: every started job ends in exactly one terminal state, no release
-is recorded twice, and no container, tmpfs mount or plaintext file is left. The
-clients are the real `sandbox` commands (`--json`, exit codes).
+Points: mid-upload, a job queued, a job in architecture, a job in train, mid-download;
+then, with real Docker jobs held there by the test-only SANDBOX_FAILPOINT
+(sandbox/service/failpoint.py), gate, checks, decide and release (before and after the
+release row). After each restart: every started job ends in exactly one terminal
+state, no release is recorded twice, and no container, tmpfs mount or plaintext file
+is left. The clients are the real `sandbox` commands (`--json`, exit codes).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -46,8 +49,12 @@ class Server:
     def __init__(self, state: Path, port: int, log: Path) -> None:
         self.state, self.port, self.log = state, port, log
         self.process: subprocess.Popen[bytes] | None = None
+        self.failpoint = ""  # SANDBOX_FAILPOINT for the next start: "" for none
 
     def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "SANDBOX_FAILPOINT"}
+        if self.failpoint:
+            env["SANDBOX_FAILPOINT"] = self.failpoint
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -60,6 +67,7 @@ class Server:
                 ],
                 stdout=log,
                 stderr=log,
+                env=env,
             )
         deadline = time.monotonic() + 60
         config = load_config(self.state / "parties" / "owner" / "config.json")
@@ -277,3 +285,55 @@ def test_sigkill_at_every_point_then_restart(
         store.close()
     _nothing_left(state, jobs, docker_client)
     assert not [p for p in Path(state / "work").rglob("*.npz")]
+
+
+LATE_POINTS = [  # (fail point, state the job is in there, outcome after the restart)
+    ("gate", "gate", ("failed", "orchestrator restarted during gate")),
+    ("checks", "checks", ("failed", "orchestrator restarted during checks")),
+    ("decide", "decide", ("failed", "orchestrator restarted during decide")),
+    ("release-before-row", "release", ("failed", "orchestrator restarted during release")),
+    ("release-after-row", "release", ("done", None)),
+]
+
+
+def test_sigkill_at_each_late_step_of_a_real_job(
+    server: Server, tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    """One server and dataset; per point a real job held there, SIGKILL, restart."""
+    state = server.state
+    digits = str(write_digits(tmp_path / "d.npz"))
+    dataset = cli(state, "owner", "dataset", "upload", digits, "--name", "d")["id"]
+    algorithm = cli(state, "prov", "algorithm", "upload", str(EXAMPLE_ALGORITHM))["id"]
+    jobs: dict[str, str] = {}
+    for point, at, _ in LATE_POINTS:
+        server.stop()
+        server.failpoint = point
+        server.start()
+        job = cli(state, "owner", "job", "submit", "--dataset", dataset, "--algorithm", algorithm)
+        jobs[point] = job["id"]
+        _wait_state(state, job["id"], at, timeout_s=240)
+        time.sleep(0.5)  # the job thread is now held at the point
+        server.kill()
+    server.failpoint = ""
+    server.start()
+
+    final = _check_terminal_once(state, list(jobs.values()))
+    store = SqliteMetadataStore(state / "metadata.sqlite")
+    try:
+        for point, _, (outcome, reason) in LATE_POINTS:
+            job = final[jobs[point]]
+            assert job.state.value == outcome, (point, job.state, job.reasons)
+            if reason is not None:
+                assert job.reasons == (reason,), point
+                with pytest.raises(Exception):
+                    store.get_release(job.id)
+        kept = store.get_release(jobs["release-after-row"])
+    finally:
+        store.close()
+    # the release written before the kill is kept, once, and downloads intact
+    model = tmp_path / "model.safetensors"
+    got = cli(state, "prov", "model", "download", jobs["release-after-row"], "--out", str(model))
+    assert got["verified"] is True and got["sha256"] == kept.model_sha256
+    _nothing_left(state, list(jobs.values()), docker_client)
+    assert not [p for p in Path(state / "work").rglob("*.npz")]
+    assert not [p for p in Path(state / "jobs").rglob("*.npz")]
