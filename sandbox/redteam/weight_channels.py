@@ -65,6 +65,8 @@ from sandbox.redteam.harness import load_weights
 from sandbox.redteam.metrics import record_mae
 from sandbox.runner.base import Runner
 
+#: The bits an attack meant to carry for the first n records (needs the data).
+TruthBits = Callable[[npt.NDArray[np.floating], int, Knowledge], npt.NDArray[np.uint8]]
 Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
 Budget = Literal["small", "full"]
 
@@ -172,6 +174,7 @@ def score_extraction(
     knowledge: Knowledge,
     *,
     seed: int = 0,
+    truth_bits: TruthBits = true_bits,
 ) -> Extraction | None:
     """Score a decoder's output on the training records it meant to carry, against chance.
 
@@ -209,11 +212,11 @@ def score_extraction(
 
     if decoded.bits is not None:
         bits = decoded.bits
-        want = true_bits(np.asarray(x_train), n, knowledge)
+        want = truth_bits(np.asarray(x_train), n, knowledge)
         m = min(len(bits), len(want))
         observed = float(np.mean(bits[:m] == want[:m]))
         chances = [
-            float(np.mean(bits[:m] == true_bits(np.asarray(x_train)[perm], n, knowledge)[:m]))
+            float(np.mean(bits[:m] == truth_bits(np.asarray(x_train)[perm], n, knowledge)[:m]))
             for perm in perms
         ]
         chance = float(np.mean(chances))
@@ -241,6 +244,10 @@ def classify(decision: str, flagged: Sequence[str], extraction: Extraction | Non
     return "blocked"
 
 
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 def evidence(
     report: Report, extraction: Extraction | None, control: Extraction | None, seconds: float
 ) -> str:
@@ -248,8 +255,9 @@ def evidence(
     parts = [f"decision {report.decision}"]
     parts.append(f"flagged by {', '.join(flagged)}" if flagged else "no check flagged it")
     if report.decision == "rejected":
-        reason = report.reasons[-1] if report.reasons else "no reason recorded"
-        parts.append(f"nothing released ({reason[:160]})")
+        # the flags are listed already; say what else decided it (DP failed, too late, ...)
+        other = [_short(r) for r in report.reasons if not r.startswith("check ")]
+        parts.append("nothing released" + (f" ({'; '.join(other)})" if other else ""))
     elif extraction is None:
         parts.append("the decoder read nothing from the released model")
     else:

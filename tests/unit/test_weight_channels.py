@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from sandbox.demo import sample_dataset
+from sandbox.pipeline.report import Report
 from sandbox.redteam.attacks import Decoded, Knowledge, true_bits
 from sandbox.redteam.weight_channels import (
     Extraction,
     classify,
+    evidence,
     score_extraction,
     wilson_lower,
 )
@@ -131,3 +133,25 @@ def test_correlated_reconstructions_against_chance() -> None:
     assert other is not None and not other.leaked
     assert 0.3 <= other.observed <= 0.7
     assert score_extraction(Decoded(np.zeros((0, 64))), x, knowledge) is None
+
+
+def test_evidence_names_decision_flags_reasons_and_control() -> None:
+    late = Report(job_id="j", policy={"name": "strict"}, decision="rejected")
+    late.checks = [{"name": "sign_balance", "verdict": "flag"}, {"name": "ks", "verdict": "pass"}]
+    late.reasons = [
+        "check sign_balance flagged the model: " + "x" * 300,
+        "the job ran past the policy's fixed release time of 120 s after submission",
+    ]
+    text = evidence(late, None, LEAKED, 130.4)
+    assert "decision rejected; flagged by sign_balance; nothing released (the job ran past" in text
+    assert "x" * 10 not in text  # the flag's own reason is not repeated
+    assert "control, the decoder on the unreleased candidate: bit accuracy 0.9900" in text
+    assert text.endswith("job 130 s")
+
+    released = Report(job_id="j", policy={"name": "default"}, decision="released_sanitized")
+    released.model = {"source": "sanitized"}
+    text = evidence(released, AT_CHANCE, None, 5.0)
+    assert (
+        "no check flagged it; decoder on the released sanitized model: bit accuracy 0.5000" in text
+    )
+    assert "at chance" in text and "control: the gated candidate could not be read" in text
