@@ -2,10 +2,12 @@
 
 `make_package` writes an attack's package (model.py + train.py from the templates
 in `packages/`), `decode` rebuilds records from released weights with only the
-attacker's knowledge, and `metrics.score` says how much got out.
+attacker's knowledge, and `metrics.score` says how much got out. `capacity` is
+the black-box attack: its decoder only queries the released model.
 """
 
 from sandbox.redteam.attacks import ATTACKS, Attack, Decoded, Knowledge, decode, make_package
+from sandbox.redteam.capacity import decode_capacity, make_capacity_package
 from sandbox.redteam.metrics import Extraction, bit_accuracy, record_mae, score
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "Knowledge",
     "bit_accuracy",
     "decode",
+    "decode_capacity",
+    "make_capacity_package",
     "make_package",
     "record_mae",
     "score",

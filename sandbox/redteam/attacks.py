@@ -12,6 +12,7 @@ seeds and key, and the public task schema) - never the dataset.
 | `lsb_encrypted` | k | the same, XORed with a SHAKE-256 stream keyed by the attacker |
 | `correlated` | lambda | first-layer weights correlated with record values (regulariser) |
 | `sign` | lambda | weight signs equal record bits (regulariser) |
+| `capacity` | n_records | labels of synthetic inputs (black-box: decoded by queries) |
 | `honest` | - | nothing: the baseline for accuracy and for the checks |
 
 The LSB attacks are removed by the sanitizer whatever their encoding; the
@@ -98,6 +99,25 @@ ATTACKS: Final[dict[str, Attack]] = {
         "lam",
         (1.0, 3.0, 10.0, 30.0, 100.0),
         "weight signs set to record bits",
+    ),
+    # Black-box (capacity.py): synthetic inputs labelled with record bits, read back by
+    # queries. Parameters: see packages/capacity/train.py; breast_cancer via capacity.py.
+    "capacity": Attack(
+        "capacity",
+        "capacity",
+        {
+            "generator": "prng",
+            "n_records": 20,
+            "bits_per_value": 3,
+            "bits_per_query": 3,
+            "synth_seed": 20170,
+            "waves": 8,
+            "max_freq": 3.0,
+            "repeat": 4,
+        },
+        "n_records",
+        (5, 10, 20, 40),
+        "synthetic inputs labelled with record bits (capacity abuse, black-box)",
     ),
 }
 
@@ -187,6 +207,12 @@ def decode(model_tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Know
         "correlated": _decode_correlated,
         "sign": _decode_sign,
     }
+    if knowledge.attack == "capacity":  # black-box: the weights only serve its queries
+        from sandbox.redteam.capacity import decode_capacity, mlp_query
+
+        query = mlp_query(model_tensors, float(knowledge.params["input_scale"]))
+        # records only: its bits follow its own layout (capacity.score_capacity scores them)
+        return Decoded(decode_capacity(query, knowledge).records)
     decoder = decoders.get(knowledge.attack)
     if decoder is None:
         return Decoded(np.zeros((0, knowledge.features)))
