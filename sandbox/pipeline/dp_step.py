@@ -45,6 +45,10 @@ def dp_settings(policy: Policy) -> DPSettings:
         hints=dp.hints,
         device="cuda" if policy.gpu else "cpu",
         chunk=dp.chunk,
+        warmup_fraction=dp.warmup_fraction,
+        schedule=dp.schedule,
+        ema=dp.ema,
+        init_last=dp.init_last,
     )
 
 
