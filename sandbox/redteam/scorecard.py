@@ -10,8 +10,9 @@ Each entry names a channel, what the attempt did, its outcome and the evidence:
 
 Budget mode "small" lowers only the wall-clock limit of the endless-loop probe (to
 show the kill without waiting the policy's full limit); every other attempt runs
-under the policy's own settings, and the weight attacks train for 10 epochs instead of
-30 (enough for each to carry records: sandbox/redteam/weight_channels.py).
+under the policy's own settings; the weight attacks train for 10 epochs instead of 30
+(enough for each to carry records) and raw LSB runs in "full" only
+(sandbox/redteam/weight_channels.py says why).
 """
 
 from __future__ import annotations

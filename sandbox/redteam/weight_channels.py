@@ -61,6 +61,12 @@ from sandbox.pipeline.local import run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.model import Policy
 from sandbox.redteam.attacks import Decoded, Knowledge, decode, make_package, true_bits
+from sandbox.redteam.capacity import (
+    decode_capacity,
+    make_capacity_package,
+    mlp_query,
+    true_capacity_bits,
+)
 from sandbox.redteam.harness import load_weights
 from sandbox.redteam.metrics import record_mae
 from sandbox.runner.base import Runner
@@ -107,7 +113,44 @@ CHANNELS: Final = (
     WeightChannel(
         "sign-encoding", "sign", "sign", "weight signs set to record bits (regulariser, lambda 30)"
     ),
+    WeightChannel(
+        "capacity-abuse",
+        "capacity",
+        "capacity abuse",
+        "20 records' bits as labels of 1,280 synthetic inputs; read back by querying the model",
+    ),
 )
+
+
+def channels_for(budget: Budget) -> tuple[WeightChannel, ...]:
+    """`full`: every channel. `small` leaves raw LSB out: it is the encrypted variant's
+    weaker twin (flagged by lowbit_patterned besides being sanitized away; pinned by
+    tests/unit/test_redteam_attacks.py), and a fifth pipeline job does not fit a
+    5-minute scorecard under a 120 s fixed release time on 2 cores."""
+    return CHANNELS if budget == "full" else tuple(c for c in CHANNELS if c.name != "lsb")
+
+
+#: Capacity abuse must memorise its synthetic inputs: 20 epochs (tests/unit/test_capacity.py).
+CAPACITY_MIN_EPOCHS: Final = 20
+
+
+def _make(channel: WeightChannel, dest: Path, epochs: int) -> Knowledge:
+    if channel.attack == "capacity":
+        return make_capacity_package(dest, epochs=max(epochs, CAPACITY_MIN_EPOCHS))
+    return make_package(channel.attack, dest, epochs=epochs)
+
+
+def _score(
+    tensors: Mapping[str, npt.NDArray[np.floating]],
+    knowledge: Knowledge,
+    x_train: npt.NDArray[np.floating],
+) -> Extraction | None:
+    """The attacker's decoder on `tensors`, scored; capacity abuse only queries the model."""
+    if knowledge.attack == "capacity":
+        query = mlp_query(tensors, float(knowledge.params["input_scale"]))
+        decoded = decode_capacity(query, knowledge)
+        return score_extraction(decoded, x_train, knowledge, truth_bits=true_capacity_bits)
+    return score_extraction(decode(tensors, knowledge), x_train, knowledge)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -333,7 +376,7 @@ def run_weight_channel(
     base = root / channel.name
     base.mkdir(parents=True)
     dataset = write_digits(base / "digits.npz")
-    knowledge = make_package(channel.attack, base / "package", epochs=epochs)
+    knowledge = _make(channel, base / "package", epochs)
     give_up = turns.job() if turns else (lambda: None)
 
     job_id = uuid.uuid4().hex
@@ -377,10 +420,8 @@ def run_weight_channel(
     extraction = None
     if report.decision != "rejected":
         released = load_weights(base / "out" / "model.safetensors")
-        extraction = score_extraction(decode(released, knowledge), x_train, knowledge)
-    control = (
-        score_extraction(decode(captured, knowledge), x_train, knowledge) if captured else None
-    )
+        extraction = _score(released, knowledge, x_train)
+    control = _score(captured, knowledge, x_train) if captured else None
     flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
     outcome = classify(report.decision, flagged, extraction)
     say(f"weights: {channel.name} {outcome}")
@@ -395,10 +436,10 @@ def start_weight_channels(
     *,
     budget: Budget = "small",
     parallel: int = 2,
-    channels: Sequence[WeightChannel] = CHANNELS,
+    channels: Sequence[WeightChannel] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Callable[[], list[WeightResult]]:
-    """Start every weight attack in the background; the returned call waits for them.
+    """Start the budget's weight attacks in the background; the returned call waits.
 
     Starting first lets a caller run other scorecard probes while the jobs hold
     until the policy's fixed release time.
@@ -407,6 +448,8 @@ def start_weight_channels(
     tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-weights-")
     root = Path(tmp.name)
     turns = _Turns(parallel)
+    if channels is None:
+        channels = channels_for(budget)
     pool = ThreadPoolExecutor(max_workers=len(channels), thread_name_prefix="weights")
     futures: list[Future[WeightResult]] = [
         pool.submit(

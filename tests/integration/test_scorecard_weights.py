@@ -6,9 +6,12 @@ decoder on the gated candidate, never released) proves each attack carried the
 records in this very run, so `detected` and `neutralized` are the policy's doing,
 not a broken attack.
 
-Three of the four channels, three jobs at once (about 80 s on an idle 2-core
-machine): raw LSB takes the same path as sign here (flagged, rejected), and its
-flag is pinned by tests/unit/test_redteam_attacks.py.
+Three channels, three jobs at once (about 120 s at load 9 on the 2-core box): one
+neutralized (encrypted LSB), one detected (sign), one that the default policy leaves
+open (capacity abuse: no weight check sees it, the sanitizer keeps the behaviour, and
+default runs no probes). Raw LSB and correlated value take the sign path here (flagged
+by a data-free check, rejected); their flags are pinned by the unit tests of
+sandbox/redteam and their outcomes are in the README's scorecard.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ def test_weight_channels_under_the_default_policy(
     docker_client: docker.DockerClient, runtime_image: str
 ) -> None:
     policy = load_policy("default")
-    channels = [c for c in CHANNELS if c.name != "lsb"]
+    wanted = {"lsb-encrypted", "sign-encoding", "capacity-abuse"}
+    channels = [c for c in CHANNELS if c.name in wanted]
     wait = start_weight_channels(
         policy, DockerRunner(docker_client), runtime_image, channels=channels, parallel=3
     )
     results = {r.channel.name: r for r in wait()}
-    assert set(results) == {"lsb-encrypted", "correlated-value", "sign-encoding"}
+    assert set(results) == wanted
 
     for name, result in results.items():
         control = result.control
@@ -45,6 +49,8 @@ def test_weight_channels_under_the_default_policy(
     assert control.records >= 200
     sign = results["sign-encoding"].control
     assert sign is not None and 0.8 <= sign.observed <= 1.0
+    capacity = results["capacity-abuse"].control
+    assert capacity is not None and 0.9 <= capacity.observed <= 1.0
 
     flagged = {
         name: {c["name"] for c in r.report.checks if c["verdict"] == "flag"}
@@ -61,9 +67,14 @@ def test_weight_channels_under_the_default_policy(
     # no data-aware check and never DP): rejected, nothing released.
     assert results["sign-encoding"].outcome == "detected"
     assert "sign_balance" in flagged["sign-encoding"]
-    assert results["correlated-value"].outcome == "detected"
-    assert results["correlated-value"].report.decision == "rejected"
-    assert {"sign_runs", "sign_balance"} & flagged["correlated-value"]
+    assert results["sign-encoding"].report.decision == "rejected"
+    # Capacity abuse leaves through behaviour: released (sanitized) and read back.
+    leaked = results["capacity-abuse"]
+    assert leaked.outcome == "leaked", leaked.evidence
+    assert leaked.report.decision == "released_sanitized"
+    assert flagged["capacity-abuse"] == set()
+    assert leaked.extraction is not None and 0.9 <= leaked.extraction.observed <= 1.0
+    assert leaked.extraction.recovered >= 15  # of 20 records
 
     jobs = {r.report.job_id for r in results.values()}
     left = [c for c in docker_client.containers.list(all=True) if c.labels.get(LABEL_JOB) in jobs]
