@@ -45,12 +45,21 @@ def probe_queries(
 
 
 def probe(
-    ctx: JobContext, train: Dataset, test: Dataset, name: str = "candidate"
+    ctx: JobContext,
+    train: Dataset,
+    test: Dataset,
+    name: str = "candidate",
+    *,
+    seed: int | None = None,
 ) -> tuple[CheckOutcome, ...]:
-    """Probe work/NAME.safetensors; fill report.probes; return the check outcomes."""
+    """Probe work/NAME.safetensors; fill report.probes; return the check outcomes.
+
+    `seed` is for tests and benchmarks only: the pipeline leaves it None and the
+    queries come from the OS CSPRNG.
+    """
     rules = ctx.policy.probes
     start = time.monotonic()
-    seed = secrets.randbits(63)
+    seed = secrets.randbits(63) if seed is None else seed
     queries = probe_queries(train, seed, rules.queries_per_family, tuple(rules.families))
     queries["holdout"] = np.ascontiguousarray(test.x, dtype=np.float32)
     logits = query_models(ctx, [name], queries, "probe")[name]
