@@ -48,6 +48,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "value_range": [-3.0, 3.0],
             "bits_per_value": 3,
             "bits_per_query": 1,
+            "max_freq": 6.0,  # heldout fields over 30 features in a row (digits: 3 over 8)
         },
     },
 }
