@@ -83,3 +83,17 @@ def test_reference_models_are_refused_until_they_exist() -> None:
         ProbeRules(families=("uniform", "uniform"))
     with pytest.raises(ValidationError):
         ProbeRules(families=("faces",))  # type: ignore[arg-type]
+
+
+def test_shipped_policies_probe_where_measured_and_refuse_unknown_keys() -> None:
+    from pydantic import ValidationError
+
+    from sandbox.policy.load import load_policy
+    from sandbox.policy.model import Policy
+
+    assert load_policy("strict").probes.enabled  # a flag there means DP retraining
+    assert not load_policy("default").probes.enabled  # see README, "Canary-query probing"
+    with pytest.raises(ValidationError, match="extra"):
+        Policy.model_validate({"name": "p", "probes": {"enabled": True, "queries": 10}})
+    with pytest.raises(ValidationError):
+        Policy.model_validate({"name": "p", "probes": {"queries_per_family": 8}})
