@@ -203,15 +203,15 @@ def test_zero_init_of_the_output_layer_is_the_platforms(tmp_path: Path) -> None:
 
 def test_every_counted_step_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan's steps (what the accountant composed) = Poisson batches drawn = noisy
-    updates made = steps reported, with the levers on; the spent epsilon matches."""
+    updates made = steps reported, with the levers on, also when sampling leaves
+    batches empty; the epsilon of the steps run is the plan's."""
     plan = make_plan(
         DPSettings(
             epsilon=4.0,
             delta=1e-5,
             accountant="rdp",
-            default_epochs=3,
-            default_batch_size=20,
-            batch_size=(1, 100),
+            default_epochs=5,
+            default_batch_size=4096,  # capped at n: q = 1 (RDP at q < 1 takes ~10 s here)
             warmup_fraction=0.3,
             schedule="cosine",
             ema=0.9,
@@ -220,14 +220,14 @@ def test_every_counted_step_runs_once(tmp_path: Path, monkeypatch: pytest.Monkey
         Hints(),
         n=40,
     )
-    cfg = DPConfig.from_json(plan.to_json())
-    assert (cfg.warmup_steps, cfg.schedule, cfg.ema, cfg.init_last) == (2, "cosine", 0.9, "zero")
-    counts = {"batches": 0, "steps": 0}
+    counts = {"batches": 0, "steps": 0, "empty": 0}
     real_batch, real_step = dp_train.poisson_batch, dp_train.noisy_step
 
     def counted_batch(*args: object, **kwargs: object) -> torch.Tensor:
         counts["batches"] += 1
-        return real_batch(*args, **kwargs)  # type: ignore[arg-type]
+        batch = real_batch(*args, **kwargs)  # type: ignore[arg-type]
+        counts["empty"] += batch.numel() == 0
+        return batch
 
     def counted_step(*args: object, **kwargs: object) -> None:
         counts["steps"] += 1
@@ -239,10 +239,18 @@ def test_every_counted_step_runs_once(tmp_path: Path, monkeypatch: pytest.Monkey
     initial = platform_init(
         parameter_shapes(program), make_generator(CPU, 4), CPU, output_weights(program)
     )
+    cfg = DPConfig.from_json(plan.to_json())
+    assert (cfg.warmup_steps, cfg.schedule, cfg.ema, cfg.init_last) == (2, "cosine", 0.9, "zero")
     result = run(module, initial, cfg)
-    assert plan.steps == cfg.steps == result.steps == counts["batches"] == counts["steps"] == 6
+    assert plan.steps == cfg.steps == result.steps == counts["batches"] == counts["steps"] == 5
     ran = spent(cfg.noise_multiplier, cfg.sample_rate, counts["steps"], plan.delta, "rdp")
     assert ran == pytest.approx(plan.epsilon, rel=1e-9) and ran <= 4.0
+    # Sparse Poisson batches: the empty ones are steps too (noise only), counted alike.
+    counts.update(batches=0, steps=0, empty=0)
+    sparse = config(n=40, sample_rate=0.02, expected_batch_size=0.8, steps=30, ema=0.9)
+    result = run(module, initial, sparse)
+    assert result.steps == counts["batches"] == counts["steps"] == 30
+    assert counts["empty"] == result.empty_batches >= 1
 
 
 def test_lever_settings_are_checked() -> None:
@@ -254,3 +262,44 @@ def test_lever_settings_are_checked() -> None:
     ]:
         with pytest.raises(DPRefused, match=needle):
             config(**change).check()
+
+
+def test_the_container_entry_runs_the_levers_and_reports_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """main() with the policy's levers on: the plan's checks pass, dp.json says what ran."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from sandbox.dp.plan import check_dp_report
+    from sandbox.guest import protocol
+
+    dirs = {name: tmp_path / name for name in ("work", "data", "output")}
+    for name, path in dirs.items():
+        path.mkdir()
+        monkeypatch.setattr(protocol, name.upper(), path)
+    torch.export.save(export(MLP()), str(dirs["work"] / "model.pt2"))
+    x, y = data(40, seed=8)
+    np.savez(dirs["data"] / "train.npz", x=x.numpy(), y=y.numpy())
+    plan = make_plan(
+        DPSettings(
+            epsilon=5.0,
+            delta=1e-5,
+            accountant="rdp",
+            default_epochs=3,
+            default_batch_size=4096,
+            ema=0.95,
+            init_last="zero",
+            warmup_fraction=0.5,
+        ),
+        Hints(),
+        n=40,
+    )
+    assert (plan.sample_rate, plan.steps, plan.warmup_steps) == (1.0, 3, 2)
+    (dirs["work"] / "dp_config.json").write_bytes(plan.to_json())
+    dp_train.main()
+    report = check_dp_report(plan, (dirs["output"] / "dp.json").read_bytes())
+    assert (report["ema"], report["init_last"], report["warmup_steps"]) == (0.95, "zero", 2)
+    weights = load_file(str(dirs["output"] / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert float(weights["net.2.weight"].abs().max()) > 0  # it started at zero and learned
