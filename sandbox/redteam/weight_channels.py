@@ -300,6 +300,8 @@ def evidence(
     if report.decision == "rejected":
         # the flags are listed already; say what else decided it (DP failed, too late, ...)
         other = [_short(r) for r in report.reasons if not r.startswith("check ")]
+        late = [r for r in other if "fixed release time" in r]
+        other = late or other  # too late overrides what the decision would have been
         parts.append("nothing released" + (f" ({'; '.join(other)})" if other else ""))
     elif extraction is None:
         parts.append("the decoder read nothing from the released model")

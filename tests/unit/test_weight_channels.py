@@ -140,11 +140,13 @@ def test_evidence_names_decision_flags_reasons_and_control() -> None:
     late.checks = [{"name": "sign_balance", "verdict": "flag"}, {"name": "ks", "verdict": "pass"}]
     late.reasons = [
         "check sign_balance flagged the model: " + "x" * 300,
+        "released the platform's DP-retrained model; the provider's weights were discarded",
         "the job ran past the policy's fixed release time of 120 s after submission",
     ]
     text = evidence(late, None, LEAKED, 130.4)
     assert "decision rejected; flagged by sign_balance; nothing released (the job ran past" in text
     assert "x" * 10 not in text  # the flag's own reason is not repeated
+    assert "DP-retrained" not in text  # overridden by the lateness
     assert "control, the decoder on the unreleased candidate: bit accuracy 0.9900" in text
     assert text.endswith("job 130 s")
 
