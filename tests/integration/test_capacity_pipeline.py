@@ -87,3 +87,41 @@ def test_default_policy_releases_a_capacity_abuse_model_the_attacker_reads_back(
     assert 0.9 <= extraction.attack.fraction_recovered <= 1.0
     assert extraction.attack.mean_abs_error <= 0.8
     assert extraction.control.fraction_recovered <= 0.1  # nobody else's records
+
+
+def test_under_dp_always_the_attacker_reads_only_chance_from_the_release(
+    tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    """The residual black-box extraction when the provider's weights are replaced by the
+    platform's DP-SGD model: the attacker's queries read the control's numbers."""
+    digits = write_digits(tmp_path / "digits.npz")
+    knowledge = make_capacity_package(tmp_path / "capacity", n_records=20)
+    base = load_policy("default")
+    dp = {"mode": "always", "epsilon": 3.0, "budget_epsilon": 10.0}
+    policy = base.model_copy(update={"dp": base.dp.model_copy(update=dp)})
+    report = run_local(
+        tmp_path / "capacity",
+        digits,
+        policy,
+        tmp_path / "out",
+        runner=DockerRunner(docker_client),
+        image=runtime_image,
+        work_root=tmp_path / "work",
+        ledger=SqliteBudgetLedger(tmp_path / "ledger.db"),
+        dataset_id="digits",
+    )
+    assert report.decision == "released_dp", report.reasons
+    x, y = sample_dataset("digits")
+    train, _ = split_holdout(
+        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
+        policy.holdout_fraction,
+        policy.holdout_seed,
+    )
+    released = load_weights(tmp_path / "out" / "model.safetensors")
+    query = mlp_query(released, float(knowledge.params["input_scale"]))
+    extraction = score_capacity(decode_capacity(query, knowledge), train.x, knowledge)
+    assert extraction.attack.recovered == 0
+    assert extraction.attack.bit_accuracy is not None
+    assert extraction.control.bit_accuracy is not None
+    assert abs(extraction.attack.bit_accuracy - extraction.control.bit_accuracy) <= 0.05
+    assert extraction.attack.mean_abs_error >= 3.0
