@@ -95,7 +95,7 @@ def test_config_round_trips_into_the_guest_and_reports_are_checked() -> None:
 
 def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
     """DPRules' defaults are bench/dp.py's epsilon-3 row; the digits example's hints
-    (Adam-sized: batch 64, lr 0.003, 30 epochs) are clamped to DP-sized ones."""
+    (for Adam: batch 64, lr 0.003, 30 epochs) are clamped to DP-sized ones."""
     from bench.dp import TUNED
     from sandbox.pipeline.dp_step import dp_settings
     from sandbox.policy.model import DPRules, Policy
@@ -114,8 +114,8 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
     settings = dp_settings(Policy(name="p", dp=rules))
     assert (settings.ema, settings.init_last, settings.schedule) == (0.95, "zero", "constant")
     plan = make_plan(settings, Hints(epochs=30, batch_size=64, lr=0.003), n=1438)
-    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 30, 30, 0.5)
-    assert len(plan.notes) == 3  # batch and lr clamped, then the batch capped at n
+    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 60, 60, 0.5)
+    assert len(plan.notes) == 4  # epochs, batch and lr clamped, then the batch capped at n
     assert 2.9 <= plan.epsilon <= 3.0
     config = DPConfig.from_json(plan.to_json())
     assert (config.ema, config.init_last, config.warmup_steps) == (0.95, "zero", 0)
