@@ -25,9 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.dont_write_bytecode = True
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 PARAMS: dict = {}  # replaced by make_package
 
 
@@ -103,6 +100,9 @@ def augment(x: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, np.
 
 
 def main() -> None:
+    # Here, not at import: the host's decoder imports this file and must not inherit them.
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trainlib import load_train, save, state_numpy, train
 
     x, y = load_train()
