@@ -7,14 +7,15 @@ audit log and in-memory privacy ledger, so the scorecard never touches the
 operator's own. The attacker's decoder is then applied to what was actually
 released (nothing if the job was rejected) and scored against chance. As a control,
 the same decoder also reads the gated candidate in the job's workspace (captured
-when the checks start; never released), and the truth is the train.npz the job
-gave train.py (captured from the workspace: a policy with a membership audit holds
-canaries back, so it is not simply the split): a `neutralized` or `detected` whose control
-is at chance would mean a broken attack, not a defence.
+when the checks start; never released): a `neutralized` or `detected` whose control
+is at chance would mean a broken attack, not a defence. The truth is the train.npz
+the job gave train.py, also read from the workspace (a policy with a membership
+audit holds canaries back, so it is not simply the split).
 
 Scoring:
 
-- bit channels (LSB, encrypted LSB, sign): the decoded plaintext bits are compared
+- bit channels (LSB, encrypted LSB, sign, and capacity abuse, whose decoder queries
+  the released model instead of reading its weights): the decoded bits are compared
   with the bits of the records the attack encoded. Chance is the mean match rate of
   the same decoded bits against randomly permuted training records: what a decoder
   that knows nothing about which record is which scores (0.5 when the decoded bits
