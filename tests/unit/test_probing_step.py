@@ -4,7 +4,8 @@ Known answers: an honest digits MLP passes every probe check; the same recipe
 trained on breast_cancer plus 600 uniform-noise inputs with random labels (capacity
 abuse in its plainest form) is flagged. Also pinned: report.probes follows the
 shared schema, each check becomes a `probe_<statistic>` outcome, and probing a
-digits model takes well under the 10 s target.
+digits model stays within a loose bound (the 10 s target is bench/probing.py's to
+measure). Probe seeds are fixed here; the pipeline draws them from the CSPRNG.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from sandbox.checks.probing.families import FAMILIES
 
 
 def test_honest_digits_model_passes_with_a_complete_report(tmp_path: Path) -> None:
-    outcomes, report = run_probe_step(train_mlp("digits", epochs=40, seed=0), "digits", tmp_path)
+    outcomes, report = run_probe_step(
+        train_mlp("digits", epochs=40, seed=0), "digits", tmp_path, seed=11
+    )
     assert [o.name for o in outcomes] == [
         "probe_instability",
         "probe_sensitivity",
@@ -47,10 +50,12 @@ def test_honest_digits_model_passes_with_a_complete_report(tmp_path: Path) -> No
 
 
 def test_capacity_abuse_on_tabular_data_is_flagged(tmp_path: Path) -> None:
-    honest, _ = run_probe_step(train_mlp("breast_cancer", seed=1), "breast_cancer", tmp_path / "h")
+    honest, _ = run_probe_step(
+        train_mlp("breast_cancer", seed=1), "breast_cancer", tmp_path / "h", seed=12
+    )
     assert all(o.verdict == "pass" for o in honest), [o.explanation for o in honest]
     module = train_mlp("breast_cancer", noise=600, epochs=300, seed=1)
-    attacked, report = run_probe_step(module, "breast_cancer", tmp_path / "a")
+    attacked, report = run_probe_step(module, "breast_cancer", tmp_path / "a", seed=13)
     flagged = {o.name for o in attacked if o.verdict == "flag"}
     # the class probabilities move under a 2% nudge where the noise labels were memorised
     # (measured: z 37-42 against an honest maximum of 6.5; instability is discrete,
@@ -63,6 +68,7 @@ def test_the_policy_picks_families_and_query_count(tmp_path: Path) -> None:
         train_mlp("digits", epochs=20),
         "digits",
         tmp_path,
+        seed=14,
         families=("uniform", "prng"),
         queries_per_family=64,
     )
