@@ -7,6 +7,7 @@ reconstructions of other records (must stay at chance), and a weak but real sign
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,10 @@ from sandbox.demo import sample_dataset
 from sandbox.pipeline.report import Report
 from sandbox.redteam.attacks import Decoded, Knowledge, true_bits
 from sandbox.redteam.weight_channels import (
+    CHANNELS,
     Extraction,
+    _Turns,
+    channels_for,
     classify,
     evidence,
     score_extraction,
@@ -157,3 +161,32 @@ def test_evidence_names_decision_flags_reasons_and_control() -> None:
         "no check flagged it; decoder on the released sanitized model: bit accuracy 0.5000" in text
     )
     assert "at chance" in text and "control: the gated candidate could not be read" in text
+
+
+def test_turns_let_a_holding_job_make_room_once() -> None:
+    """`parallel` jobs compute at once; giving the turn up (at the hold) frees one slot,
+    and a second give-up (when run_local returns) frees nothing more."""
+    turns = _Turns(1)
+    first = turns.job()
+    started = threading.Event()
+
+    def second() -> None:
+        turns.job()
+        started.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert not started.wait(0.2)  # the first job is still computing
+    first()
+    assert started.wait(5)
+    first()  # idempotent: must not hand out a second slot
+    third = threading.Event()
+    threading.Thread(target=lambda: (turns.job(), third.set()), daemon=True).start()
+    assert not third.wait(0.2)
+    thread.join()
+
+
+def test_small_budget_leaves_raw_lsb_to_full() -> None:
+    assert [c.name for c in channels_for("full")] == [c.name for c in CHANNELS]
+    assert "lsb" not in {c.name for c in channels_for("small")}
+    assert len(channels_for("small")) == len(CHANNELS) - 1
