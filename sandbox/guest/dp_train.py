@@ -328,7 +328,10 @@ def output_weights(program: torch.export.ExportedProgram) -> frozenset[str]:
     operator on each path that also takes parameters (directly or through
     operators on parameters alone, such as a transpose) is an output layer; its
     parameters with 2+ dimensions are returned. For the digits MLP that is the
-    last Linear's weight. Only names and the graph's structure are read.
+    last Linear's weight. A parameter that any other operator also uses (tied
+    weights, such as an embedding shared with the output layer) is left out: at
+    zero it could silence its other use and stall training. Only names and the
+    graph's structure are read.
     """
     signature = program.graph_signature
     parameters = dict(signature.inputs_to_parameters)
@@ -350,8 +353,15 @@ def output_weights(program: torch.export.ExportedProgram) -> frozenset[str]:
             found |= params_under(parent)
         return found
 
+    def only_feeds(node: torch.fx.Node, layers: set[torch.fx.Node]) -> bool:
+        """Every path from `node` through operators on parameters alone ends in `layers`."""
+        return all(
+            only_feeds(user, layers) if user in static else user in layers for user in node.users
+        )
+
     shapes = program.state_dict
     found: set[str] = set()
+    layers: set[torch.fx.Node] = set()
     seen: set[torch.fx.Node] = set()
     stack = [n for out in graph.nodes if out.op == "output" for n in out.all_input_nodes]
     while stack:
@@ -361,11 +371,15 @@ def output_weights(program: torch.export.ExportedProgram) -> frozenset[str]:
         seen.add(node)
         feeding = [n for n in node.all_input_nodes if n in static]
         if feeding:
+            layers.add(node)
             for parent in feeding:
                 found |= params_under(parent)
             continue
         stack.extend(node.all_input_nodes)
-    return frozenset(name for name in found if shapes[name].dim() >= 2)
+    placeholders = {parameters[n.name]: n for n in graph.nodes if n.name in parameters}
+    return frozenset(
+        name for name in found if shapes[name].dim() >= 2 and only_feeds(placeholders[name], layers)
+    )
 
 
 def parameter_shapes(

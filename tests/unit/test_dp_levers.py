@@ -78,6 +78,20 @@ class NormLast(nn.Module):
         return self.norm(self.fc(x))
 
 
+class Tied(nn.Module):
+    """The input projection's weight is reused (transposed) by the output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(D, 16, bias=False)
+        self.head = nn.Linear(16, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.proj(x))
+        back = h @ self.proj.weight  # [batch, D]: the tied use
+        return self.head(h) + back[:, :K]
+
+
 def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, D, generator=g), torch.randint(0, K, (n,), generator=g)
@@ -185,6 +199,8 @@ def test_output_weights_come_from_the_graph(tmp_path: Path) -> None:
     assert output_weights(loaded(MLP(), tmp_path)[0]) == {"net.2.weight"}
     assert output_weights(loaded(TwoHeads(), tmp_path)[0]) == {"head_a.weight", "head_b.weight"}
     assert output_weights(loaded(NormLast(), tmp_path)[0]) == frozenset()
+    # proj.weight feeds an output-side matmul but also the input layer: not zeroed.
+    assert output_weights(loaded(Tied(), tmp_path)[0]) == {"head.weight"}
 
 
 def test_zero_init_of_the_output_layer_is_the_platforms(tmp_path: Path) -> None:
