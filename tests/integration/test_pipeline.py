@@ -255,13 +255,28 @@ def test_digits_end_to_end_released(
     report = run(job, EXAMPLE, digits, policy, runtime_image)
 
     assert report["decision"] == "released_sanitized", report["reasons"]
-    assert job.runner.steps == ALL_STEPS
+    # Probing and the membership audit add one query container each where enabled.
+    probing = ["probe"] if policy.probes.enabled else []
+    audit = ["membership"] if policy.membership.enabled else []
+    assert job.runner.steps == [*UP_TO_TRAIN, *probing, *audit, "evaluate"]
+    assert (policy_name == "strict") == bool(probing) == bool(audit)
     assert report["policy"]["name"] == policy_name
     assert isinstance(report["reasons"], list) and report["reasons"]
     assert all(isinstance(r, str) for r in report["reasons"])
     assert isinstance(report["checks"], list)
     assert report["dp"] is None
-    assert report["dataset"]["n_train"] == 1438
+    # Canaries the secret coin flips left out never reach train.npz.
+    excluded = 0
+    if audit:
+        membership = report["membership"]
+        assert membership["canaries"] == policy.membership.canaries
+        excluded = membership["canaries"] - membership["included"]
+        assert 60 <= excluded <= 140  # Binomial(200, 1/2): outside this, p < 1e-8
+        assert membership["verdict"] == "pass"
+    if probing:
+        assert {f["name"] for f in report["probes"]["families"]} == set(policy.probes.families)
+    n_train = 1438 - excluded
+    assert report["dataset"]["n_train"] == n_train
     assert report["dataset"]["n_holdout"] == 359
     assert report["dataset"]["holdout"].startswith("split")
 
@@ -315,7 +330,7 @@ def test_digits_end_to_end_released(
     assert stat.S_IMODE(owner.stat().st_mode) == 0o700
     assert stat.S_IMODE(logs.stat().st_mode) == 0o600
     log_text = logs.read_text()
-    assert "training on 1438 examples" in log_text
+    assert f"training on {n_train} examples" in log_text
     assert "===== train =====" in log_text
     report_text = (job.out / "report.json").read_text()
     assert "training on" not in report_text
