@@ -119,3 +119,14 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
     assert 2.9 <= plan.epsilon <= 3.0
     config = DPConfig.from_json(plan.to_json())
     assert (config.ema, config.init_last, config.warmup_steps) == (0.95, "zero", 0)
+
+
+def test_benchmark_rows_plan_full_batches_with_the_levers() -> None:
+    from bench.dp import TUNED, dp_plan, markdown_table
+
+    for epsilon in TUNED:
+        plan = dp_plan(epsilon, 60, 1438, "rdp", 256)
+        assert (plan.sample_rate, plan.steps, plan.ema, plan.init_last) == (1.0, 60, 0.95, "zero")
+        assert epsilon - 0.02 <= plan.epsilon <= epsilon
+    table = markdown_table(["a", "bb"], [["1", "22"]])
+    assert table.splitlines()[1] == "|--:|---:|"
