@@ -528,7 +528,8 @@ class IterateAverage:
     `update` takes the current parameters and nothing else, so the average is a
     function of the released noisy iterates: post-processing, no privacy cost.
     The decay ramps up as min(decay, (1 + t) / (10 + t)) so that the start, far from
-    the optimum, is forgotten quickly (De et al. 2022; Tensorflow's EMA).
+    the optimum, is forgotten quickly (De et al. 2022; Tensorflow's EMA). The ramp
+    passes 0.9 only after 81 updates, so for short runs it, not `decay`, applies.
     """
 
     def __init__(self, params: Mapping[str, torch.Tensor], decay: float) -> None:

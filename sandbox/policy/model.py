@@ -156,7 +156,8 @@ class DPRules(_Strict):
     # Free in privacy (sandbox.guest.dp_train): the released model is the average of
     # the noisy iterates, and the output layer's weights start at zero (the
     # platform's initialisation, never the provider's); +1 to +3 points at epsilon 1
-    # on digits, within the noise at 3 and 8 (bench/dp.py).
+    # on digits, within the noise at 3 and 8 (bench/dp.py). The average's decay ramps
+    # as (1+t)/(10+t) up to `ema`: over the default 60 steps the ramp applies.
     ema: float = Field(0.95, ge=0, lt=1, description="iterate-average decay; 0 = last iterate")
     init_last: Literal["default", "zero"] = "zero"
     warmup_fraction: float = Field(0.0, ge=0, le=1)
