@@ -287,6 +287,7 @@ def test_sigkill_at_every_point_then_restart(
     assert not [p for p in Path(state / "work").rglob("*.npz")]
 
 
+LINEAR_OK = Path(__file__).parent / "algorithms" / "linear_ok"
 LATE_POINTS = [  # (fail point, state the job is in there, outcome after the restart)
     ("gate", "gate", ("failed", "orchestrator restarted during gate")),
     ("checks", "checks", ("failed", "orchestrator restarted during checks")),
@@ -299,11 +300,15 @@ LATE_POINTS = [  # (fail point, state the job is in there, outcome after the res
 def test_sigkill_at_each_late_step_of_a_real_job(
     server: Server, tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
 ) -> None:
-    """One server and dataset; per point a real job held there, SIGKILL, restart."""
+    """One server and dataset; per point a real job held there, SIGKILL, restart.
+
+    The jobs run the tiny linear_ok algorithm (a few training steps): every step is
+    real, but five jobs stay within CI's time budget.
+    """
     state = server.state
     digits = str(write_digits(tmp_path / "d.npz"))
     dataset = cli(state, "owner", "dataset", "upload", digits, "--name", "d")["id"]
-    algorithm = cli(state, "prov", "algorithm", "upload", str(EXAMPLE_ALGORITHM))["id"]
+    algorithm = cli(state, "prov", "algorithm", "upload", str(LINEAR_OK))["id"]
     jobs: dict[str, str] = {}
     for point, at, _ in LATE_POINTS:
         server.stop()
