@@ -78,6 +78,10 @@ def run_one(job: tuple[str, float | None, int, int, float]) -> Row:
     }
 
 
+#: Attacks read through queries, not weights: bench/capacity.py and bench/probing.py measure them.
+BLACK_BOX = frozenset({"capacity"})
+
+
 def jobs_for(
     seeds: int, epochs: int, fpr: float, quick: bool
 ) -> list[tuple[str, float | None, int, int, float]]:
@@ -85,6 +89,8 @@ def jobs_for(
 
     jobs: list[tuple[str, float | None, int, int, float]] = []
     for name, attack in ATTACKS.items():
+        if name in BLACK_BOX:
+            continue
         if attack.strength is None:
             values: Sequence[float | None] = [None]
         elif quick:
