@@ -131,6 +131,8 @@ def channels_for(budget: Budget) -> tuple[WeightChannel, ...]:
     return CHANNELS if budget == "full" else tuple(c for c in CHANNELS if c.name != "lsb")
 
 
+#: The attacks the checks flag (then DP retraining runs, where the policy has it).
+LONGEST: Final = frozenset({"correlated", "sign"})
 #: Capacity abuse must memorise its synthetic inputs: 20 epochs (tests/unit/test_capacity.py).
 CAPACITY_MIN_EPOCHS: Final = 20
 
@@ -454,8 +456,12 @@ def start_weight_channels(
     if channels is None:
         channels = channels_for(budget)
     pool = ThreadPoolExecutor(max_workers=len(channels), thread_name_prefix="weights")
-    futures: list[Future[WeightResult]] = [
-        pool.submit(
+    # Turns go in submission order: the regulariser attacks first, as a policy that
+    # flags them retrains them with DP (the longest jobs, and each must end before its
+    # own fixed release time).
+    first = sorted(channels, key=lambda c: c.attack not in LONGEST)
+    futures: dict[str, Future[WeightResult]] = {
+        channel.name: pool.submit(
             run_weight_channel,
             channel,
             policy,
@@ -466,12 +472,12 @@ def start_weight_channels(
             turns=turns,
             say=say,
         )
-        for channel in channels
-    ]
+        for channel in first
+    }
 
     def wait() -> list[WeightResult]:
         try:
-            return [future.result() for future in futures]
+            return [futures[channel.name].result() for channel in channels]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             tmp.cleanup()
