@@ -43,8 +43,8 @@ from sandbox.pipeline.local import run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.load import load_policy
 from sandbox.policy.model import Policy
-from sandbox.runner.base import LABEL_JOB, ContainerHandle, ContainerSpec
-from sandbox.runner.docker_runner import DockerRunner
+from sandbox.runner.base import LABEL_JOB
+from tests.integration.recording import RecordingRunner
 
 pytestmark = pytest.mark.docker
 
@@ -54,18 +54,6 @@ ALGORITHMS = Path(__file__).resolve().parent / "algorithms"
 ALL_STEPS = ["export", "describe", "train", "evaluate"]
 UP_TO_TRAIN = ["export", "describe", "train"]
 MB = 1024 * 1024
-
-
-class RecordingRunner(DockerRunner):
-    """The production runner, remembering which steps it started containers for."""
-
-    def __init__(self, client: docker.DockerClient) -> None:
-        super().__init__(client)
-        self.steps: list[str] = []
-
-    def start(self, spec: ContainerSpec) -> ContainerHandle:
-        self.steps.append(spec.step)
-        return super().start(spec)
 
 
 @dataclass
