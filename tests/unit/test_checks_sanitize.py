@@ -146,7 +146,10 @@ def test_accuracy_of_a_trained_model_is_preserved() -> None:
     for _ in range(3):
         clean = sanitize_arrays({"w": w})["w"]
         assert not np.array_equal(clean, w)
-        assert abs(acc(clean) - base) <= 0.0051  # at most 2 of 397 predictions move
+        # At most 4 of 397 predictions move. The draws are from the CSPRNG: over 2000
+        # of them 0/1/2/3 predictions moved 906/979/111/4 times and never more, so a
+        # bound of 2 (as first written) failed about once in 170 runs of this test.
+        assert abs(acc(clean) - base) <= 4.5 / 397
 
 
 def test_sanitize_file_writes_the_gates_canonical_form(tmp_path: Path) -> None:
