@@ -310,17 +310,25 @@ def _check_shapes(x_shape: tuple[int, ...], y_shape: tuple[int, ...], path: Path
         raise InvalidInput(f"dataset {path} has {n} examples; at least {MIN_EXAMPLES} are needed")
 
 
+def _all_finite(x: npt.NDArray[np.float32], block: int = 1 << 20) -> bool:
+    """np.isfinite(x).all() in blocks: no mask as large as x (a quarter of its size)
+    is allocated for the common case of a clean dataset."""
+    flat = x.reshape(-1)
+    return all(
+        bool(np.isfinite(flat[start : start + block]).all()) for start in range(0, flat.size, block)
+    )
+
+
 def _validate(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], path: Path) -> Dataset:
     _check_shapes(tuple(x.shape), tuple(y.shape), path)
-    finite = np.isfinite(x)
-    if not finite.all():
+    if not _all_finite(x):
+        finite = np.isfinite(x)
         bad = int(np.count_nonzero(~finite))
         row = int(np.argwhere(~finite)[0][0])
         raise InvalidInput(
             f"dataset {path}: x holds {bad} non-finite values (NaN or infinity), the first in "
             f"example {row}; impute or drop them"
         )
-    del finite
     n = int(y.shape[0])
     lo, hi = int(y.min()), int(y.max())
     if lo < 0:

@@ -553,3 +553,16 @@ def test_write_npz_replaces_without_following_links(tmp_path: Path) -> None:
     assert not link.is_symlink()
     write_npz(ds, link)  # an existing read-only file is replaced too
     assert load_dataset(link, max_bytes=MB).num_classes == 4
+
+
+def test_a_non_finite_value_past_the_first_block_is_found() -> None:
+    """The finiteness check runs in blocks; the last value of a large x still counts."""
+    from sandbox.pipeline.dataset import _all_finite
+
+    x = np.zeros((3000, 1000), np.float32)
+    assert _all_finite(x)
+    x[-1, -1] = np.inf
+    assert not _all_finite(x)
+    x[-1, -1] = 0.0
+    x[1048, 576] = np.nan  # element 1 << 20 exactly: the first of the second block
+    assert not _all_finite(x)
