@@ -10,6 +10,7 @@ this machine: listeners opened here on the loopback and on the Docker bridge.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import textwrap
@@ -100,6 +101,15 @@ try:
 except OSError as e:
     print("stopped", count, type(e).__name__, flush=True)
 """
+
+_FORKED = re.compile(r"^forked (\d+)$", re.M)
+
+
+def fork_counts(logs: str) -> list[int]:
+    """The counts FORK_BOMB printed. Under gVisor the sandbox is torn down at the pids
+    limit, which can cut the last line short ("forked" alone): only whole lines count."""
+    return [int(count) for count in _FORKED.findall(logs)]
+
 
 MEMORY_BOMB = """
 chunks = []

@@ -124,7 +124,7 @@ def _resources(box: AttackBox, policy: Policy, budget: Budget) -> list[Entry]:
     entries = []
     forked = box.run(escapes.FORK_BOMB)
     logs = forked.logs.decode(errors="replace")
-    counts = [int(line.split()[1]) for line in logs.splitlines() if line.startswith("forked")]
+    counts = escapes.fork_counts(logs)
     bounded = max(counts, default=0) < policy.limits.pids + 64
     entries.append(
         Entry(

@@ -107,7 +107,7 @@ def test_no_capabilities_and_setuid_does_not_raise_privileges(box: AttackBox) ->
 def test_fork_bomb_hits_the_pids_limit(box: AttackBox) -> None:
     result = box.run(escapes.FORK_BOMB)
     logs = result.logs.decode()
-    counts = [int(line.split()[1]) for line in logs.splitlines() if line.startswith("forked")]
+    counts = escapes.fork_counts(logs)
     limit = box.policy.limits.pids
     if box.policy.runtime == "runc":
         assert "stopped" in logs, logs[-500:]  # fork() failed with EAGAIN at the limit
