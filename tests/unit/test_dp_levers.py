@@ -32,24 +32,9 @@ from sandbox.guest.dp_train import (
     parameter_shapes,
     platform_init,
 )
+from tests.unit.test_dp_train import MLP, D, K, export
 
 CPU = torch.device("cpu")
-D, K = 6, 3
-
-
-def export(module: nn.Module) -> torch.export.ExportedProgram:
-    module.eval()
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    return torch.export.export(module, (torch.zeros(2, D),), dynamic_shapes=({0: batch},))
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, K))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * 0.5)
 
 
 class TwoHeads(nn.Module):
