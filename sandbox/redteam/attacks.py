@@ -15,6 +15,12 @@ seeds and key, and the public task schema) - never the dataset.
 | `capacity` | n_records | labels of synthetic inputs (black-box: decoded by queries) |
 | `honest` | - | nothing: the baseline for accuracy and for the checks |
 
+Two public task schemas (`SCHEMAS`): `digits` (64 raw pixels 0..16, each carried
+as a byte) and `breast_cancer` (30 standardised floats, each carried as a `q8`
+byte over the public range -3..3 standard deviations, the range capacity abuse
+uses too; values beyond it are clipped, so a few outlier records cannot be
+recovered exactly by any attack).
+
 The LSB attacks are removed by the sanitizer whatever their encoding; the
 regulariser attacks live in high-order structure and are what the weight checks
 must flag.
@@ -59,11 +65,31 @@ TRAINING: Final[Mapping[str, Any]] = {
     "threads": 1,
 }
 #: The public task schema the attacker designs for: digits, pixels 0..16.
+#: `record_scale`: how the correlated-value decoder maps weights back to values.
 DIGITS: Final[Mapping[str, Any]] = {
     "encoding": "u8",
     "value_range": [0.0, 16.0],
     "input_scale": 1.0 / 16.0,
     "hidden": 128,
+    "record_scale": "minmax",
+}
+#: breast_cancer: 30 features standardised by the pipeline (mean 0, SD 1 per
+#: feature), which is all the attacker knows of their values. `recovered_within`
+#: is the red team's yardstick, not the attacker's (metrics.py): a record counts as
+#: recovered when its MAE is below 0.25 SD. 10% of the range (0.6 SD, digits' rule)
+#: would be too loose here: guessing each feature's median is within 0.6 SD for
+#: 51% of the training records, within 0.25 SD for 0.7%.
+BREAST_CANCER: Final[Mapping[str, Any]] = {
+    "encoding": "q8",
+    "value_range": [-3.0, 3.0],
+    "input_scale": 1.0,
+    "hidden": 128,
+    "record_scale": "zscore",
+    "recovered_within": 0.25,
+}
+SCHEMAS: Final[Mapping[str, tuple[Mapping[str, Any], tuple[int, ...]]]] = {
+    "digits": (DIGITS, (64,)),
+    "breast_cancer": (BREAST_CANCER, (30,)),
 }
 
 ATTACKS: Final[dict[str, Attack]] = {
@@ -147,10 +173,17 @@ class Knowledge:
         )
 
 
-def attack_params(name: str, **overrides: Any) -> dict[str, Any]:
+def _schema(dataset: str) -> tuple[Mapping[str, Any], tuple[int, ...]]:
+    if dataset not in SCHEMAS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(SCHEMAS)}")
+    return SCHEMAS[dataset]
+
+
+def attack_params(name: str, *, dataset: str = "digits", **overrides: Any) -> dict[str, Any]:
     """The full parameter set of attack `name`: training, schema, defaults, overrides."""
     attack = ATTACKS[name]
-    params: dict[str, Any] = {**TRAINING, **DIGITS, **attack.defaults, "attack": name}
+    schema, _ = _schema(dataset)
+    params: dict[str, Any] = {**TRAINING, **schema, **attack.defaults, "attack": name}
     unknown = set(overrides) - set(params)
     if unknown:
         raise ValueError(f"unknown parameters for {name}: {sorted(unknown)}")
@@ -159,11 +192,19 @@ def attack_params(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def make_package(
-    name: str, dest: Path, *, input_shape: tuple[int, ...] = (64,), **overrides: Any
+    name: str,
+    dest: Path,
+    *,
+    dataset: str = "digits",
+    input_shape: tuple[int, ...] | None = None,
+    **overrides: Any,
 ) -> Knowledge:
-    """Write attack `name`'s algorithm package into `dest` (created; must not exist)."""
+    """Write attack `name`'s algorithm package for the public schema of `dataset` into
+    `dest` (created; must not exist). `input_shape` defaults to the schema's."""
     attack = ATTACKS[name]
-    params = attack_params(name, **overrides)
+    params = attack_params(name, dataset=dataset, **overrides)
+    if input_shape is None:
+        input_shape = _schema(dataset)[1]
     dest.mkdir(parents=True)
     common = PACKAGES / "common"
     model = (common / "model.py").read_text()
@@ -232,7 +273,9 @@ def _bit_records(
     key = knowledge.params.get("key")
     if key:
         data = payload.xor(data, bytes.fromhex(key))
-    records = payload.decode_records(data, knowledge.features, knowledge.params["encoding"])
+    records = payload.decode_records(
+        data, knowledge.features, knowledge.params["encoding"], knowledge.value_range
+    )
     return _clip(records, knowledge), payload.to_bits(data)
 
 
@@ -263,12 +306,23 @@ def _decode_sign(tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Know
 def _decode_correlated(
     tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge
 ) -> Decoded:
-    """Song et al.'s decoding: each record's weights, min-max scaled to the value range."""
+    """Weights -> records: the regulariser makes them an affine copy of the values.
+
+    `minmax` (Song et al.'s decoding for images): each record's weights min-max
+    scaled to the value range. `zscore` (standardised tabular features, whose
+    per-record minimum and maximum are unknown): every feature's weights across the
+    carried records standardised to mean 0, SD 1, which is what the pipeline's
+    standardisation makes each feature, clipped to the value range.
+    """
     theta = np.asarray(tensors[knowledge.params["tensor"]], dtype=np.float64).reshape(-1)
     d = knowledge.features
     n = theta.size // d
     rows = theta[: n * d].reshape(n, d)
     lo, hi = knowledge.value_range
+    if knowledge.params.get("record_scale", "minmax") == "zscore":
+        centred = rows - rows.mean(axis=0, keepdims=True)
+        spread = np.maximum(centred.std(axis=0, keepdims=True), 1e-12)
+        return Decoded(_clip(centred / spread, knowledge))
     low = rows.min(axis=1, keepdims=True)
     span = np.maximum(rows.max(axis=1, keepdims=True) - low, 1e-12)
     return Decoded(lo + (rows - low) / span * (hi - lo))
@@ -278,4 +332,7 @@ def true_bits(
     x: npt.NDArray[np.floating], n_records: int, knowledge: Knowledge
 ) -> npt.NDArray[np.uint8]:
     """The plaintext bits an attack meant to carry (for scoring; needs the data)."""
-    return payload.to_bits(payload.encode_records(x[:n_records], knowledge.params["encoding"]))
+    encoded = payload.encode_records(
+        x[:n_records], knowledge.params["encoding"], knowledge.value_range
+    )
+    return payload.to_bits(encoded)

@@ -4,7 +4,9 @@ Scoring needs the data, so it is the red team's yardstick, never the attacker's
 tool. `bit_accuracy` compares the plaintext bits a decoder read with the bits the
 attack meant to carry (0.5 is chance); `record_mae` is the mean absolute error per
 record in the data's own units; a record counts as recovered when its MAE is below
-`RECOVERED_FRACTION` of the value range (1.6 grey levels for digits' 0..16).
+`tolerance(knowledge)`: the schema's `recovered_within` where it sets one (0.25
+standard deviations for breast_cancer), else `RECOVERED_FRACTION` of the value
+range (1.6 grey levels for digits' 0..16).
 """
 
 from __future__ import annotations
@@ -56,12 +58,20 @@ def record_mae(
     return np.asarray(np.abs(a - b).mean(axis=1), dtype=np.float64)
 
 
+def tolerance(knowledge: Knowledge) -> float:
+    """The MAE below which a record counts as recovered, in the data's units."""
+    within = knowledge.params.get("recovered_within")
+    if within is not None:
+        return float(within)
+    lo, hi = knowledge.value_range
+    return RECOVERED_FRACTION * (hi - lo)
+
+
 def score(decoded: Decoded, x_train: npt.NDArray[np.floating], knowledge: Knowledge) -> Extraction:
     """Compare a decoder's output with the first records of the training data."""
     n = min(len(decoded.records), len(x_train))
     errors = record_mae(decoded.records, x_train)
-    lo, hi = knowledge.value_range
-    recovered = int(np.count_nonzero(errors < RECOVERED_FRACTION * (hi - lo)))
+    recovered = int(np.count_nonzero(errors < tolerance(knowledge)))
     bits = None
     if decoded.bits is not None and n:
         bits = bit_accuracy(decoded.bits, true_bits(x_train, n, knowledge))

@@ -6,7 +6,10 @@ here: encoder and decoder cannot drift apart.
 
 Conventions, all part of the attacker's knowledge:
 - records are encoded value by value: `u8` (rounded and clipped to 0..255: raw
-  image pixels such as digits' 0..16), `f16` or `f32` (little-endian IEEE bytes);
+  image pixels such as digits' 0..16), `q8` (a byte per value: the value clipped to
+  the schema's public range [lo, hi] and quantised to 256 levels, for tabular
+  features such as breast_cancer's standardised floats, where a raw float32 would
+  cost four times the capacity), `f16` or `f32` (little-endian IEEE bytes);
 - bytes become bits MSB first (`numpy.unpackbits`);
 - the carrier is every F32 tensor of the state_dict in sorted-name order,
   flattened row-major; weight i takes stream bits [i*k, (i+1)*k), the first of
@@ -22,7 +25,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-ENCODINGS = {"u8": 1, "f16": 2, "f32": 4}
+ENCODINGS = {"u8": 1, "q8": 1, "f16": 2, "f32": 4}
+#: Levels of the `q8` quantiser: level i stands for lo + i / Q8_STEPS * (hi - lo).
+Q8_STEPS = 255
 _STREAM_DOMAIN = b"sandbox-redteam-keystream-v1"
 
 
@@ -30,11 +35,25 @@ def bytes_per_record(features: int, encoding: str) -> int:
     return features * ENCODINGS[encoding]
 
 
-def encode_records(x: npt.NDArray[np.floating], encoding: str) -> bytes:
-    """The raw bytes of records `x` ([n, ...]) in `encoding`."""
+def _range(value_range: Sequence[float] | None, encoding: str) -> tuple[float, float]:
+    if value_range is None or len(value_range) != 2 or not value_range[0] < value_range[1]:
+        raise ValueError(
+            f"encoding {encoding!r} needs value_range [lo, hi] with lo < hi, got {value_range!r}"
+        )
+    return float(value_range[0]), float(value_range[1])
+
+
+def encode_records(
+    x: npt.NDArray[np.floating], encoding: str, value_range: Sequence[float] | None = None
+) -> bytes:
+    """The raw bytes of records `x` ([n, ...]) in `encoding` (`q8` needs `value_range`)."""
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if encoding == "u8":
         return np.clip(np.rint(flat), 0, 255).astype(np.uint8).tobytes()
+    if encoding == "q8":
+        lo, hi = _range(value_range, encoding)
+        levels = np.rint((np.clip(flat, lo, hi) - lo) / (hi - lo) * Q8_STEPS)
+        return levels.astype(np.uint8).tobytes()
     if encoding == "f16":
         return flat.astype("<f2").tobytes()
     if encoding == "f32":
@@ -42,13 +61,19 @@ def encode_records(x: npt.NDArray[np.floating], encoding: str) -> bytes:
     raise ValueError(f"unknown encoding {encoding!r}; choose one of {sorted(ENCODINGS)}")
 
 
-def decode_records(data: bytes, features: int, encoding: str) -> npt.NDArray[np.float64]:
+def decode_records(
+    data: bytes, features: int, encoding: str, value_range: Sequence[float] | None = None
+) -> npt.NDArray[np.float64]:
     """Inverse of `encode_records`: [n, features] float64 (non-finite values become 0)."""
     per = bytes_per_record(features, encoding)
     n = len(data) // per
     body = data[: n * per]
     if encoding == "u8":
         values = np.frombuffer(body, dtype=np.uint8).astype(np.float64)
+    elif encoding == "q8":
+        lo, hi = _range(value_range, encoding)
+        levels = np.frombuffer(body, dtype=np.uint8).astype(np.float64)
+        values = lo + levels / Q8_STEPS * (hi - lo)
     else:
         dtype = "<f2" if encoding == "f16" else "<f4"
         values = np.frombuffer(body, dtype=dtype).astype(np.float64)

@@ -18,11 +18,29 @@ ALLOWED_IMPORTS = {"torch", "numpy", "safetensors", *sys.stdlib_module_names}
 def test_records_round_trip_in_every_encoding() -> None:
     x = np.array([[0, 3, 16, 255], [1, 2, 3, 4]], dtype=np.float32)
     for encoding in payload.ENCODINGS:
-        data = payload.encode_records(x, encoding)
+        data = payload.encode_records(x, encoding, (0.0, 255.0))  # q8: one level per integer
         assert len(data) == x.size * payload.ENCODINGS[encoding]
-        assert np.array_equal(payload.decode_records(data, 4, encoding), x)
+        assert np.array_equal(payload.decode_records(data, 4, encoding, (0.0, 255.0)), x)
     with pytest.raises(ValueError, match="unknown encoding"):
         payload.encode_records(x, "u4")
+
+
+def test_q8_quantises_standardised_values_within_half_a_step() -> None:
+    """breast_cancer's encoding: 256 levels over the public range -3..3, outliers clipped."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (50, 30)).astype(np.float32)
+    x[0, 0], x[1, 1] = 7.5, -4.0
+    data = payload.encode_records(x, "q8", (-3.0, 3.0))
+    assert len(data) == 50 * 30
+    back = payload.decode_records(data, 30, "q8", (-3.0, 3.0))
+    step = 6.0 / payload.Q8_STEPS
+    inside = np.abs(x) <= 3.0
+    assert np.max(np.abs(back - x)[inside]) <= step / 2 + 1e-6
+    assert back[0, 0] == 3.0 and back[1, 1] == -3.0
+    with pytest.raises(ValueError, match="needs value_range"):
+        payload.encode_records(x, "q8")
+    with pytest.raises(ValueError, match="lo < hi"):
+        payload.decode_records(data, 30, "q8", (3.0, -3.0))
 
 
 def test_low_bits_round_trip_and_leave_high_bits() -> None:

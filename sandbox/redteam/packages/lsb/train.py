@@ -21,7 +21,7 @@ def main() -> None:
     k = int(PARAMS["k"])
     per_record = payload.bytes_per_record(int(np.prod(x.shape[1:])), PARAMS["encoding"])
     n_records = min(len(x), payload.carrier_size(state) * k // (8 * per_record))
-    secret = payload.encode_records(x[:n_records], PARAMS["encoding"])
+    secret = payload.encode_records(x[:n_records], PARAMS["encoding"], PARAMS.get("value_range"))
     if PARAMS.get("key"):
         secret = payload.xor(secret, bytes.fromhex(PARAMS["key"]))
     flat = payload.flat_carrier(state)

@@ -28,7 +28,9 @@ def main() -> None:
         if "signs" not in state:
             capacity = sum(named[n].numel() for n in names)
             n_records = min(len(x), capacity // (8 * per_record))
-            secret = payload.encode_records(x[:n_records], PARAMS["encoding"])
+            secret = payload.encode_records(
+                x[:n_records], PARAMS["encoding"], PARAMS.get("value_range")
+            )
             if PARAMS.get("key"):
                 secret = payload.xor(secret, bytes.fromhex(PARAMS["key"]))
             bits = payload.to_bits(secret).astype(np.float32)
