@@ -1,23 +1,27 @@
 """Red-team scorecard: the weight checks and the sanitizer against Song et al.'s attacks.
 
-For every attack of `sandbox.redteam` and every strength of its sweep (k for the LSB
-attacks, lambda for the regulariser attacks), over a few seeds: generate the
-package, run its train.py on the digits training split (host subprocess, one
-thread: this is our own attack code), then
+For every dataset (digits; breast_cancer, its records carried as q8 bytes over -3..3
+SD), every attack of `sandbox.redteam` and every strength of its sweep (k for the
+LSB attacks, lambda for the regulariser attacks), over a few seeds: generate the
+package for the dataset's public schema, run its train.py on the pipeline's
+training split (host subprocess, one thread: this is our own attack code), then
 
 - detection: which checks flag the model at the calibrated thresholds (1% FPR per
   check by default), and the rate at which any check flags it;
 - extraction: what the attacker's decoder gets out of the released weights, before
   and after the sanitizer at its default k (bit accuracy: 0.5 is chance; records
-  recovered: MAE below 10% of the pixel range);
+  recovered: MAE below 10% of the pixel range on digits, 0.25 SD on breast_cancer);
 - utility: holdout accuracy of the attack model next to the honest package's.
 
 It also reports the accuracy cost of sanitising honest models (from the corpus
 sweep in calibration.json) and the throughput of the low-bit scan and the sanitizer.
 Markdown on stdout, progress on stderr.
 
-    python -m bench.attacks [--seeds 2] [--epochs 30] [--jobs 2] [--quick] [--json]
-                            [--throughput-mb 256]
+    python -m bench.attacks [--dataset digits|breast_cancer|all] [--seeds 2] [--epochs 30]
+                            [--jobs 2] [--quick] [--json] [--throughput-mb 256]
+
+The checks' thresholds are the shipped calibration's, pooled over the honest corpus's
+digits and breast_cancer models (calibration.json has no per-dataset thresholds).
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ from typing import Any
 import numpy as np
 
 Row = dict[str, Any]
+#: (attack, strength, seed, epochs, fpr, dataset)
+Job = tuple[str, float | None, int, int, float, str]
+DATASETS = ("digits", "breast_cancer")
 
 
-def run_one(job: tuple[str, float | None, int, int, float]) -> Row:
+def run_one(job: Job) -> Row:
     """Train one attack package and score it (runs in a worker process)."""
     from bench.corpus import load_data
     from sandbox.checks.battery import run_checks
@@ -47,15 +54,15 @@ def run_one(job: tuple[str, float | None, int, int, float]) -> Row:
     from sandbox.redteam.harness import load_weights, mlp_accuracy, run_train
     from sandbox.redteam.metrics import score
 
-    name, strength, seed, epochs, fpr = job
+    name, strength, seed, epochs, fpr, dataset = job
     attack = ATTACKS[name]
     overrides: dict[str, Any] = {"seed": seed, "epochs": epochs}
     if attack.strength is not None and strength is not None:
         overrides[attack.strength] = strength
-    data = load_data("digits")
+    data = load_data(dataset)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"redteam-{name}-") as tmp:
-        knowledge = make_package(name, Path(tmp) / "pkg", **overrides)
+        knowledge = make_package(name, Path(tmp) / "pkg", dataset=dataset, **overrides)
         path = run_train(Path(tmp) / "pkg", data.x_train, data.y_train, Path(tmp))
         tensors = load_weights(path)
     scale = float(knowledge.params["input_scale"])
@@ -64,6 +71,7 @@ def run_one(job: tuple[str, float | None, int, int, float]) -> Row:
     before = score(decode(tensors, knowledge), data.x_train, knowledge)
     after = score(decode(clean, knowledge), data.x_train, knowledge)
     return {
+        "dataset": dataset,
         "attack": name,
         "strength": strength,
         "seed": seed,
@@ -83,23 +91,24 @@ BLACK_BOX = frozenset({"capacity"})
 
 
 def jobs_for(
-    seeds: int, epochs: int, fpr: float, quick: bool
-) -> list[tuple[str, float | None, int, int, float]]:
+    seeds: int, epochs: int, fpr: float, quick: bool, datasets: Sequence[str] = DATASETS
+) -> list[Job]:
     from sandbox.redteam.attacks import ATTACKS
 
-    jobs: list[tuple[str, float | None, int, int, float]] = []
-    for name, attack in ATTACKS.items():
-        if name in BLACK_BOX:
-            continue
-        if attack.strength is None:
-            values: Sequence[float | None] = [None]
-        elif quick:
-            values = [float(attack.defaults[attack.strength])]
-        else:
-            values = list(attack.sweep)
-        for value in values:
-            for seed in range(seeds):
-                jobs.append((name, value, seed, epochs, fpr))
+    jobs: list[Job] = []
+    for dataset in datasets:
+        for name, attack in ATTACKS.items():
+            if name in BLACK_BOX:
+                continue
+            if attack.strength is None:
+                values: Sequence[float | None] = [None]
+            elif quick:
+                values = [float(attack.defaults[attack.strength])]
+            else:
+                values = list(attack.sweep)
+            for value in values:
+                for seed in range(seeds):
+                    jobs.append((name, value, seed, epochs, fpr, dataset))
     return jobs
 
 
@@ -113,19 +122,22 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def summarise(rows: Sequence[Row]) -> list[Row]:
-    """One row per (attack, strength): means over seeds and the detection rate."""
-    groups: dict[tuple[str, float | None], list[Row]] = {}
+    """One row per (dataset, attack, strength): means over seeds and the detection rate."""
+    groups: dict[tuple[str, str, float | None], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row["attack"], row["strength"]), []).append(row)
-    honest = _mean([r["accuracy"] for r in rows if r["attack"] == "honest"])
+        groups.setdefault((row["dataset"], row["attack"], row["strength"]), []).append(row)
     out = []
-    for (name, strength), group in groups.items():
+    for (dataset, name, strength), group in groups.items():
+        honest = _mean(
+            [r["accuracy"] for r in rows if r["attack"] == "honest" and r["dataset"] == dataset]
+        )
         counts: dict[str, int] = {}
         for r in group:
             for check in r["flagged"]:
                 counts[check] = counts.get(check, 0) + 1
         out.append(
             {
+                "dataset": dataset,
                 "attack": name,
                 "strength": strength,
                 "runs": len(group),
@@ -135,6 +147,7 @@ def summarise(rows: Sequence[Row]) -> list[Row]:
                 "honest_accuracy": honest,
                 "sanitized_accuracy": _mean([r["sanitized_accuracy"] for r in group]),
                 "bit_accuracy": _mean([r["before"]["bit_accuracy"] for r in group]),
+                "records": _mean([r["before"]["records"] for r in group]),
                 "recovered": _mean([r["before"]["fraction_recovered"] for r in group]),
                 "mae": _mean([r["before"]["mean_abs_error"] for r in group]),
                 "bit_accuracy_sanitized": _mean([r["after"]["bit_accuracy"] for r in group]),
@@ -159,14 +172,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
     header = [
         "attack",
+        "dataset",
         "strength",
         "runs",
         "detected",
         "flagged by",
         "acc",
         "honest acc",
+        "records",
         "bit acc",
         "recovered",
+        "MAE",
         f"bit acc after k={sanitize_bits}",
         "recovered after",
     ]
@@ -176,14 +192,17 @@ def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
         rows.append(
             [
                 s["attack"],
+                s["dataset"],
                 _fmt(s["strength"], "g"),
                 str(s["runs"]),
                 f"{s['detection_rate']:.0%}",
                 flagged,
                 _fmt(s["accuracy"], ".4f"),
                 _fmt(s["honest_accuracy"], ".4f"),
+                _fmt(s.get("records"), ".0f"),
                 _fmt(s["bit_accuracy"]),
                 _fmt(s["recovered"], ".2f"),
+                _fmt(s.get("mae"), ".3f"),
                 _fmt(s["bit_accuracy_sanitized"]),
                 _fmt(s["recovered_sanitized"], ".2f"),
             ]
@@ -252,6 +271,12 @@ def throughput(mb: int) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset",
+        choices=[*DATASETS, "all"],
+        default="all",
+        help="the schema the attacks target (default: all)",
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2)
@@ -263,14 +288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sandbox.checks.sanitize import DEFAULT_BITS
 
     seeds = 1 if args.quick else args.seeds
-    jobs = jobs_for(seeds, args.epochs, args.fpr, args.quick)
+    datasets = DATASETS if args.dataset == "all" else (args.dataset,)
+    jobs = jobs_for(seeds, args.epochs, args.fpr, args.quick, datasets)
     start = time.perf_counter()
     rows: list[Row] = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(run_one, jobs):
             rows.append(row)
             print(
-                f"{len(rows)}/{len(jobs)} {row['attack']} {row['strength']} seed {row['seed']}: "
+                f"{len(rows)}/{len(jobs)} {row['dataset']} {row['attack']} {row['strength']} "
+                f"seed {row['seed']}: "
                 f"flagged {row['flagged'] or '-'} ({row['seconds']} s)",
                 file=sys.stderr,
                 flush=True,
@@ -279,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed = throughput(args.throughput_mb) if args.throughput_mb else {}
     text = "\n\n".join(
         [
-            f"Attacks on digits ({args.epochs} epochs, {seeds} seed(s), checks at FPR "
+            f"Attacks on {', '.join(datasets)} ({args.epochs} epochs, {seeds} seed(s), "
+            f"checks at FPR "
             f"{args.fpr:g} per check, sanitizer k={DEFAULT_BITS['F32']}; "
             f"{time.perf_counter() - start:.0f} s)",
             attack_table(summary, DEFAULT_BITS["F32"]),

@@ -48,10 +48,18 @@ def test_bf16_rounding_is_to_nearest_even() -> None:
 
 
 def test_attack_summary_and_table() -> None:
-    def row(name: str, strength: float | None, flagged: list[str], acc: float) -> dict:
-        extraction = {"bit_accuracy": 1.0, "fraction_recovered": 1.0, "mean_abs_error": 0.0}
+    def row(
+        name: str, strength: float | None, flagged: list[str], acc: float, dataset: str = "digits"
+    ) -> dict:
+        extraction = {
+            "records": 10,
+            "bit_accuracy": 1.0,
+            "fraction_recovered": 1.0,
+            "mean_abs_error": 0.0,
+        }
         after = {"bit_accuracy": 0.5, "fraction_recovered": 0.0, "mean_abs_error": 10.0}
         return {
+            "dataset": dataset,
             "attack": name,
             "strength": strength,
             "accuracy": acc,
@@ -65,14 +73,21 @@ def test_attack_summary_and_table() -> None:
         row("honest", None, [], 0.95),
         row("lsb", 16.0, ["lowbit_patterned"], 0.96),
         row("lsb", 16.0, [], 0.94),
+        row("honest", None, [], 0.99, "breast_cancer"),
+        row("lsb", 16.0, [], 0.98, "breast_cancer"),
     ]
-    summary = {(s["attack"], s["strength"]): s for s in attacks.summarise(rows)}
-    lsb = summary[("lsb", 16.0)]
+    summary = {(s["dataset"], s["attack"], s["strength"]): s for s in attacks.summarise(rows)}
+    lsb = summary[("digits", "lsb", 16.0)]
     assert lsb["detection_rate"] == 0.5 and lsb["flagged_by"] == {"lowbit_patterned": 0.5}
     assert lsb["honest_accuracy"] == 0.95 and lsb["accuracy"] == 0.95
+    tabular = summary[("breast_cancer", "lsb", 16.0)]  # its own honest baseline
+    assert tabular["detection_rate"] == 0.0 and tabular["honest_accuracy"] == 0.99
     table = attacks.attack_table(list(summary.values()), 19).splitlines()
-    assert table[0].startswith("| attack") and "after k=19" in table[0]
-    assert len({len(line) for line in table}) == 1
+    assert table[0].startswith("| attack | dataset") and "after k=19" in table[0]
+    assert len({len(line) for line in table}) == 1 and len(table) == 2 + 4
     jobs = attacks.jobs_for(2, 5, 0.01, quick=True)
     assert {j[0] for j in jobs} == {"honest", "lsb", "lsb_encrypted", "correlated", "sign"}
-    assert all(j[3] == 5 for j in jobs) and len(jobs) == 10
+    assert all(j[3] == 5 for j in jobs) and len(jobs) == 20
+    assert {j[5] for j in jobs} == {"digits", "breast_cancer"}
+    only = attacks.jobs_for(1, 5, 0.01, quick=True, datasets=("breast_cancer",))
+    assert len(only) == 5 and {j[5] for j in only} == {"breast_cancer"}
