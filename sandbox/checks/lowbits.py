@@ -1,9 +1,10 @@
 """Bit-plane analysis of the low mantissa bits of F32 weights: one vectorised scan.
 
 For every F32 tensor the scan reads the low `ANALYSED_BITS` (16) mantissa bits of
-each value once, as a 16-bit integer, and keeps only histograms: how often each
-16-bit pattern occurs, and how often each pattern occurs in the AND of two
-consecutive values. Everything the bit-level checks need follows from those:
+each value once, as a 16-bit integer, and keeps only exact counts (`lowbits_counts`:
+per low byte, the joint histogram of consecutive values' bytes; a large model is
+counted by two processes, `lowbits_fork`). Everything the bit-level checks need
+follows from those:
 
 - per bit plane j, the frequency of ones (a chi-square uniformity statistic per
   plane, and for the low and second byte a 256-cell chi-square);
@@ -23,11 +24,15 @@ BF16 and F64 tensors have other mantissa widths (the sanitizer covers them anywa
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from sandbox.checks.lowbits_counts import Counts
+from sandbox.checks.lowbits_fork import count_arrays
 
 #: Low mantissa bits the bit-level checks analyse.
 ANALYSED_BITS: Final = 16
@@ -35,12 +40,6 @@ ANALYSED_BITS: Final = 16
 MIN_ELEMENTS: Final = 64
 #: Byte chi-squares need about 5 expected counts per cell.
 MIN_BYTE_ELEMENTS: Final = 1280
-_BLOCK: Final = 1 << 18
-_PATTERNS: Final = 1 << ANALYSED_BITS
-#: _BIT_TABLE[p, j] = bit j of pattern p.
-_BIT_TABLE: Final = (
-    (np.arange(_PATTERNS, dtype=np.int64)[:, None] >> np.arange(ANALYSED_BITS)) & 1
-).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -83,53 +82,37 @@ def z_of_chi2(total: float, df: float) -> float:
     return (total - df) / math.sqrt(2.0 * df) if df > 0 else 0.0
 
 
-def low_bits_stats(values: npt.NDArray[np.float32]) -> LowBitStats:
+def low_bits_stats(values: npt.NDArray[np.float32], *, workers: int | None = None) -> LowBitStats:
     """Scan one F32 tensor (any shape; flattened in row-major order).
 
-    Two 65536-bin histograms per block (the low 16 bits, and their AND with the next
-    value's) plus integer products of consecutive bytes; every buffer is allocated
-    once, so the loop runs at about 1 GB/s on the 2-core reference machine.
+    `workers`: 1 for one process, 2 for two, None to use two only for large tensors
+    on a machine with two usable cores (see `lowbits_fork`).
     """
-    bits = np.ascontiguousarray(values, dtype=np.float32).reshape(-1).view(np.uint32)
-    n = int(bits.size)
-    hist = np.zeros(_PATTERNS, dtype=np.int64)
-    pair_hist = np.zeros(_PATTERNS, dtype=np.int64)
-    products = [0, 0]  # per byte: sum of value[i] * value[i+1]
-    block = max(1, min(_BLOCK, n))
-    low = np.empty(block, dtype=np.uint16)
-    scratch = np.empty(block, dtype=np.uint16)
-    column = np.empty(block, dtype=np.uint16)
-    index = np.empty(block, dtype=np.intp)
-    previous: int | None = None
-    for start in range(0, n, block):
-        m = min(block, n - start)
-        lo, sc, col, idx = low[:m], scratch[:m], column[:m], index[:m]
-        np.copyto(lo, bits[start : start + m], casting="unsafe")  # keeps the low 16 bits
-        np.copyto(idx, lo, casting="unsafe")
-        hist += np.bincount(idx, minlength=_PATTERNS)
-        np.bitwise_and(lo[:-1], lo[1:], out=sc[:-1])
-        np.copyto(idx[:-1], sc[:-1], casting="unsafe")
-        pair_hist += np.bincount(idx[:-1], minlength=_PATTERNS)
-        first = int(lo[0])
-        if previous is not None:
-            pair_hist[previous & first] += 1
-        for b in range(2):
-            np.right_shift(lo, np.uint16(8 * b), out=col)
-            np.bitwise_and(col, np.uint16(0xFF), out=col)
-            np.multiply(col[:-1], col[1:], out=sc[:-1])  # <= 255 * 255: no overflow
-            products[b] += int(sc[:-1].sum(dtype=np.uint64))
-            if previous is not None:
-                products[b] += ((previous >> (8 * b)) & 0xFF) * ((first >> (8 * b)) & 0xFF)
-        previous = int(lo[-1])
-    ones = np.rint(hist @ _BIT_TABLE).astype(np.int64)
-    pairs11 = np.rint(pair_hist @ _BIT_TABLE).astype(np.int64)
-    grid = hist.reshape(256, 256)  # [second byte, low byte]
-    byte_hist = np.stack((grid.sum(axis=0), grid.sum(axis=1)))
-    first_value = int(bits[0]) & 0xFFFF if n else 0
-    last_value = int(bits[-1]) & 0xFFFF if n else 0
-    return LowBitStats(
-        n, ones, pairs11, byte_hist, _byte_serial(byte_hist, products, first_value, last_value, n)
-    )
+    return scan_tensors({"": values}, workers=workers)[""]
+
+
+def scan_tensors(
+    tensors: Mapping[str, npt.NDArray[np.floating]], *, workers: int | None = None
+) -> dict[str, LowBitStats]:
+    """Scan every tensor of a model at once, so a two-process split covers the whole model.
+
+    Counts come from `lowbits_counts` (two joint byte histograms per value) and are
+    exact, so the statistics equal the one-tensor-at-a-time reference scan
+    (`lowbits_reference`) to the last bit.
+    """
+    names = list(tensors)
+    arrays = [
+        np.ascontiguousarray(tensors[name], dtype=np.float32).reshape(-1).view(np.uint32)
+        for name in names
+    ]
+    counts = count_arrays(arrays, workers=workers)
+    return {name: _stats(c) for name, c in zip(names, counts, strict=True)}
+
+
+def _stats(counts: Counts) -> LowBitStats:
+    byte_hist = counts.byte_hist
+    serial = _byte_serial(byte_hist, list(counts.products), counts.first, counts.last, counts.n)
+    return LowBitStats(counts.n, counts.ones(), counts.pairs11.copy(), byte_hist, serial)
 
 
 def _byte_serial(

@@ -32,8 +32,8 @@ from sandbox.checks.lowbits import (
     ANALYSED_BITS,
     MIN_ELEMENTS,
     LowBitStats,
-    low_bits_stats,
     patterned_score,
+    scan_tensors,
     serial_score,
     z_of_chi2,
 )
@@ -54,8 +54,11 @@ def f32_names(tensors: Tensors, minimum: int = MIN_ELEMENTS) -> list[str]:
 
 
 def scan_low_bits(tensors: Tensors) -> dict[str, LowBitStats]:
-    """The low-bit scan of every analysable F32 tensor (shared by three checks)."""
-    return {name: low_bits_stats(tensors[name]) for name in f32_names(tensors)}
+    """The low-bit scan of every analysable F32 tensor (shared by three checks).
+
+    One call for the whole model, so a large model is split across two processes.
+    """
+    return scan_tensors({name: tensors[name] for name in f32_names(tensors)})
 
 
 def _top(per_tensor: Mapping[str, float], *, reverse: bool = True) -> dict[str, float]:

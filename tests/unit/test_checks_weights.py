@@ -63,11 +63,12 @@ def test_alternating_bits_have_serial_correlation_minus_one() -> None:
 
 
 def test_blocks_do_not_change_the_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sandbox.checks.lowbits as lowbits
+    import sandbox.checks.lowbits_counts as counts
 
     w = _pixel_payload(5000)
     whole = low_bits_stats(w)
-    monkeypatch.setattr(lowbits, "_BLOCK", 1777)
+    monkeypatch.setattr(counts, "SMALL_VALUES", 0)  # the blocked joint-histogram path
+    monkeypatch.setattr(counts, "BLOCK", 1777)
     pieces = low_bits_stats(w)
     assert np.array_equal(whole.ones, pieces.ones)
     assert np.array_equal(whole.pairs11, pieces.pairs11)
