@@ -9,16 +9,24 @@ and the `.npy` header of each member (dtype, shape, and that the shape agrees
 exactly with the member's size). Only then is it loaded, with
 `allow_pickle=False`. This bounds the memory a crafted file can make us allocate
 by `max_bytes`, whatever its headers claim.
+
+`check_dataset` runs the same checks without loading: for uncompressed members
+(np.savez) it reads the arrays block by block through one small buffer, CRC-32
+included, so validating an upload costs no memory proportional to x (the
+server's validator; loading a 1 GB x spent most of its time zeroing pages).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
 import stat
+import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -34,8 +42,10 @@ __all__ = [
     "MAX_FEATURES",
     "MIN_EXAMPLES",
     "Dataset",
+    "DatasetInfo",
     "Split",
     "check_compatible",
+    "check_dataset",
     "load_dataset",
     "split_holdout",
     "write_npz",
@@ -50,6 +60,11 @@ MAX_DEFLATE_RATIO = 1032
 _MAX_NPY_HEADER = 10_000
 _MEMBERS = ("x.npy", "y.npy")
 _ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+# general purpose flags zipfile refuses (NotImplementedError): compressed patch, strong
+# encryption; bit 0 (encrypted) has its own message
+_REFUSED_FLAGS = 0x20 | 0x40
+_BLOCK = 1 << 20  # bytes per step of the block-wise checks: cache-sized, no large temporaries
 _CONTRACT = "save it with np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))"
 
 
@@ -99,6 +114,23 @@ class Split(NamedTuple):
 # --------------------------------------------------------------------------- loading
 
 
+class DatasetInfo(NamedTuple):
+    """What `check_dataset` learns about a valid dataset without loading it."""
+
+    examples: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+class _Member(NamedTuple):
+    """One array member whose zip entry and .npy header passed the checks."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran: bool
+    header_len: int  # bytes of .npy header before the array's data
+
+
 def load_dataset(path: Path, *, max_bytes: int) -> Dataset:
     """Load and validate a dataset `.npz`; see the module docstring for the checks.
 
@@ -107,6 +139,31 @@ def load_dataset(path: Path, *, max_bytes: int) -> Dataset:
     over a cap, and `InvalidInput` for anything malformed.
     """
     path = Path(path)
+    with _open_checked(path, max_bytes) as f, _open_zip(f, path) as zf:
+        _check_archive(zf, path, max_bytes)
+        x, y = _load_arrays(f, path)
+    return _validate(x, y, path)
+
+
+def check_dataset(path: Path, *, max_bytes: int) -> DatasetInfo:
+    """Run every check of `load_dataset` (same errors, same messages) without loading.
+
+    Uncompressed members (np.savez) are read and checked in blocks (CRC-32,
+    finiteness), so memory does not grow with x; deflated ones are loaded as
+    `load_dataset` does, since their bytes exist only once inflated.
+    """
+    path = Path(path)
+    with _open_checked(path, max_bytes) as f, _open_zip(f, path) as zf:
+        members = _check_archive(zf, path, max_bytes)
+        if all(m.info.compress_type == zipfile.ZIP_STORED for m in members.values()):
+            return _check_streamed(f, zf, members, path)
+        x, y = _load_arrays(f, path)
+    ds = _validate(x, y, path)
+    return DatasetInfo(len(ds), ds.num_classes, ds.input_shape)
+
+
+def _open_checked(path: Path, max_bytes: int) -> io.BufferedReader:
+    """Open a regular file of at most `max_bytes` (without blocking on a FIFO)."""
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -124,76 +181,194 @@ def load_dataset(path: Path, *, max_bytes: int) -> Dataset:
             f"dataset {path} is {st.st_size} bytes, over the limit of {max_bytes} bytes "
             "(policy max_dataset_mb); shrink it or raise the limit"
         )
-    with os.fdopen(fd, "rb") as f:
-        x, y = _read_npz(f, path, max_bytes)
-    return _validate(x, y, path)
+    return os.fdopen(fd, "rb")
 
 
-def _read_npz(
-    f: IO[bytes], path: Path, max_bytes: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+def _open_zip(f: IO[bytes], path: Path) -> zipfile.ZipFile:
     if f.read(4) != _ZIP_MAGIC:
         raise InvalidInput(f"dataset {path} is not an .npz (zip) archive; {_CONTRACT}")
     f.seek(0)
     try:
-        zf = zipfile.ZipFile(f)
+        return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise InvalidInput(f"dataset {path} is not an .npz (zip) archive; {_CONTRACT}") from None
-    with zf:
-        infos = zf.infolist()
-        names = [i.filename for i in infos]
-        if len(names) != len(set(names)):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+
+
+def _check_archive(zf: zipfile.ZipFile, path: Path, max_bytes: int) -> dict[str, _Member]:
+    """The member list, each member's zip entry and .npy header, and the shapes."""
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if len(names) != len(set(names)):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInput(
+            f"dataset {path} has duplicate members {dupes}; it must hold exactly "
+            f"x.npy and y.npy; {_CONTRACT}"
+        )
+    missing = [m for m in _MEMBERS if m not in names]
+    extra = sorted(n for n in names if n not in _MEMBERS)
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        if extra:
+            shown = ", ".join(repr(n) for n in extra[:10])
+            more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
+            problems.append(f"unexpected members {shown}{more}")
+        raise InvalidInput(
+            f"dataset {path} must hold exactly the arrays x and y (x.npy, y.npy): "
+            f"{'; '.join(problems)}; {_CONTRACT}"
+        )
+    total = 0
+    for info in infos:
+        _check_member(info, path, max_bytes)
+        total += info.file_size
+    if total > max_bytes:
+        raise LimitExceeded(
+            f"dataset {path} decompresses to {total} bytes, over the limit of {max_bytes} "
+            "bytes (policy max_dataset_mb); shrink it or raise the limit"
+        )
+    x = _check_npy_header(zf, zf.getinfo("x.npy"), path, np.dtype(np.float32))
+    y = _check_npy_header(zf, zf.getinfo("y.npy"), path, np.dtype(np.int64))
+    _check_shapes(x.shape, y.shape, path)
+    return {"x.npy": x, "y.npy": y}
+
+
+def _load_arrays(f: IO[bytes], path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Load both arrays (after `_check_archive`: their size is bounded)."""
+    try:
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
+            x = np.ascontiguousarray(npz["x"], dtype=np.float32)
+            y = np.ascontiguousarray(npz["y"], dtype=np.int64)
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise InvalidInput(
-                f"dataset {path} has duplicate members {dupes}; it must hold exactly "
-                f"x.npy and y.npy; {_CONTRACT}"
-            )
-        missing = [m for m in _MEMBERS if m not in names]
-        extra = sorted(n for n in names if n not in _MEMBERS)
-        if missing or extra:
-            problems = []
-            if missing:
-                problems.append(f"missing {', '.join(missing)}")
-            if extra:
-                shown = ", ".join(repr(n) for n in extra[:10])
-                more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
-                problems.append(f"unexpected members {shown}{more}")
-            raise InvalidInput(
-                f"dataset {path} must hold exactly the arrays x and y (x.npy, y.npy): "
-                f"{'; '.join(problems)}; {_CONTRACT}"
-            )
-        total = 0
-        for info in infos:
-            _check_member(info, path, max_bytes)
-            total += info.file_size
-        if total > max_bytes:
-            raise LimitExceeded(
-                f"dataset {path} decompresses to {total} bytes, over the limit of {max_bytes} "
-                "bytes (policy max_dataset_mb); shrink it or raise the limit"
-            )
-        x_shape = _check_npy_header(zf, zf.getinfo("x.npy"), path, np.dtype(np.float32))
-        y_shape = _check_npy_header(zf, zf.getinfo("y.npy"), path, np.dtype(np.int64))
-        _check_shapes(x_shape, y_shape, path)
-        try:
-            f.seek(0)
-            with np.load(f, allow_pickle=False) as npz:
-                x = np.ascontiguousarray(npz["x"], dtype=np.float32)
-                y = np.ascontiguousarray(npz["y"], dtype=np.int64)
-        except ValueError as e:
-            if "pickle" in str(e).lower() or "object" in str(e).lower():
-                raise InvalidInput(
-                    f"dataset {path} holds pickled objects; save plain arrays with np.savez"
-                ) from None
-            raise InvalidInput(f"dataset {path} could not be read as .npz: {e}") from None
-        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-            raise InvalidInput(f"dataset {path} could not be read as .npz: {e}") from None
+                f"dataset {path} holds pickled objects; save plain arrays with np.savez"
+            ) from None
+        raise InvalidInput(f"dataset {path} could not be read as .npz: {e}") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise InvalidInput(f"dataset {path} could not be read as .npz: {e}") from None
     return x, y
+
+
+def _check_streamed(
+    f: io.BufferedReader, zf: zipfile.ZipFile, members: dict[str, _Member], path: Path
+) -> DatasetInfo:
+    """`_validate` on arrays read block by block into one small buffer, never whole.
+
+    The data offsets come from each member's local header (`_member_offsets`). Each
+    block is checked while it is in cache (CRC-32 of the member, finiteness of x); only
+    y (8 bytes per example)
+    is held whole, for the label checks. Errors come in `load_dataset`'s order: x's
+    CRC, y's CRC, non-finite values, labels. Reading into a reused buffer measured
+    cheaper than a memory mapping (0.24 vs 0.36 CPU s per GB: no page faults, aligned
+    data) and the 1 GB load it replaces (2.1 s, most of it zeroing fresh pages).
+    """
+    data = _member_offsets(f, zf, members, path)
+    xm, ym = members["x.npy"], members["y.npy"]
+    n, features = xm.shape[0], math.prod(xm.shape[1:])
+    crc = zlib.crc32(_read_exactly(f, data["x.npy"], xm.header_len, path))
+    bad, first_row, done = 0, n, 0
+    for block in _blocks(f, data["x.npy"] + xm.header_len, n * features * 4, path):
+        crc = zlib.crc32(block.data, crc)
+        finite = np.isfinite(block.view(np.float32))
+        if not finite.all():
+            where = np.flatnonzero(~finite) + done
+            rows = where % n if xm.fortran else where // features
+            bad += int(where.size)
+            first_row = min(first_row, int(rows.min()))
+        done += block.size // 4
+    _check_crc(xm, crc, path)
+    y_bytes = _read_exactly(f, data["y.npy"], ym.info.compress_size, path)
+    _check_crc(ym, zlib.crc32(y_bytes), path)
+    if bad:
+        raise _nonfinite_error(bad, first_row, path)
+    y = np.frombuffer(y_bytes, dtype=np.int64, offset=ym.header_len)
+    return DatasetInfo(n, _check_labels(y, path), xm.shape[1:])
+
+
+def _member_offsets(
+    f: io.BufferedReader, zf: zipfile.ZipFile, members: dict[str, _Member], path: Path
+) -> dict[str, int]:
+    """Where each stored member's bytes start, checked to lie inside the file, before
+    the central directory and apart from each other (what zipfile does not check)."""
+    file_size = os.fstat(f.fileno()).st_size
+    data: dict[str, int] = {}
+    end = 0
+    for name, member in sorted(members.items(), key=lambda item: item[1].info.header_offset):
+        if member.info.header_offset < end:
+            raise InvalidInput(
+                f"dataset {path} could not be read as .npz: its members overlap (crafted file)"
+            )
+        data[name], end = _data_span(f, member.info, path)
+        if end > min(zf.start_dir, file_size):
+            raise InvalidInput(
+                f"dataset {path} could not be read as .npz: member {name} runs past the end "
+                "of the members' data (truncated or crafted file)"
+            )
+    return data
+
+
+def _data_span(f: IO[bytes], info: zipfile.ZipInfo, path: Path) -> tuple[int, int]:
+    """Where a stored member's bytes start and end in the file, from its local header."""
+    f.seek(info.header_offset)
+    fixed = f.read(_LOCAL_HEADER.size)
+    if len(fixed) == _LOCAL_HEADER.size:
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack(fixed)
+        name = f.read(name_len)
+        if signature == _ZIP_MAGIC and name == info.filename.encode():
+            start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            return start, start + info.compress_size
+    raise InvalidInput(
+        f"dataset {path} could not be read as .npz: the local header of {info.filename} "
+        "is missing or disagrees with the central directory (corrupt file)"
+    )
+
+
+def _truncated(path: Path) -> InvalidInput:
+    return InvalidInput(f"dataset {path} could not be read as .npz: the file ends early")
+
+
+def _read_exactly(f: IO[bytes], start: int, length: int, path: Path) -> bytes:
+    f.seek(start)
+    content = f.read(length)
+    if len(content) != length:
+        raise _truncated(path)
+    return content
+
+
+def _blocks(
+    f: io.BufferedReader, start: int, length: int, path: Path
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """`length` bytes from `start`, in blocks of `_BLOCK` bytes (a multiple of 8) read
+    into one reused, aligned buffer: each block is valid until the next is read."""
+    buffer = np.empty(min(_BLOCK, length), dtype=np.uint8)
+    f.seek(start)
+    while length > 0:
+        want = min(length, buffer.size)
+        if f.readinto(buffer[:want].data) != want:
+            raise _truncated(path)
+        yield buffer[:want]
+        length -= want
+
+
+def _check_crc(member: _Member, crc: int, path: Path) -> None:
+    if crc != member.info.CRC:
+        raise InvalidInput(
+            f"dataset {path} could not be read as .npz: Bad CRC-32 for file "
+            f"{member.info.filename!r}"
+        )
 
 
 def _check_member(info: zipfile.ZipInfo, path: Path, max_bytes: int) -> None:
     name = info.filename
     if info.flag_bits & 0x1:
         raise InvalidInput(f"dataset {path}: member {name} is encrypted; {_CONTRACT}")
+    if info.flag_bits & _REFUSED_FLAGS:
+        raise InvalidInput(
+            f"dataset {path}: member {name} uses zip features numpy cannot read (general "
+            f"purpose flags {info.flag_bits:#06x}); {_CONTRACT}"
+        )
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise InvalidInput(
             f"dataset {path}: member {name} uses zip compression method "
@@ -220,7 +395,7 @@ def _check_member(info: zipfile.ZipInfo, path: Path, max_bytes: int) -> None:
 
 def _check_npy_header(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, want: np.dtype[np.generic]
-) -> tuple[int, ...]:
+) -> _Member:
     """Read one member's .npy header; check dtype and that shape matches its size."""
     name = info.filename
     array = name.removesuffix(".npy")
@@ -228,11 +403,11 @@ def _check_npy_header(
         with zf.open(info) as m:
             version = npy_format.read_magic(m)
             if version == (1, 0):
-                shape, _fortran, dtype = npy_format.read_array_header_1_0(
+                shape, fortran, dtype = npy_format.read_array_header_1_0(
                     m, max_header_size=_MAX_NPY_HEADER
                 )
             elif version == (2, 0):
-                shape, _fortran, dtype = npy_format.read_array_header_2_0(
+                shape, fortran, dtype = npy_format.read_array_header_2_0(
                     m, max_header_size=_MAX_NPY_HEADER
                 )
             else:
@@ -266,7 +441,7 @@ def _check_npy_header(
             f"member holds {info.file_size - header_len} bytes after its header (truncated or "
             f"crafted file); {_CONTRACT}"
         )
-    return tuple(int(d) for d in shape)
+    return _Member(info, tuple(int(d) for d in shape), bool(fortran), header_len)
 
 
 def _describe_dtype(dtype: np.dtype[np.generic]) -> str:
@@ -323,12 +498,22 @@ def _validate(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], path: Path) 
     _check_shapes(tuple(x.shape), tuple(y.shape), path)
     if not _all_finite(x):
         finite = np.isfinite(x)
-        bad = int(np.count_nonzero(~finite))
-        row = int(np.argwhere(~finite)[0][0])
-        raise InvalidInput(
-            f"dataset {path}: x holds {bad} non-finite values (NaN or infinity), the first in "
-            f"example {row}; impute or drop them"
+        raise _nonfinite_error(
+            int(np.count_nonzero(~finite)), int(np.argwhere(~finite)[0][0]), path
         )
+    num_classes = _check_labels(y, path)
+    return Dataset(x=x, y=y, num_classes=num_classes, input_shape=tuple(x.shape[1:]))
+
+
+def _nonfinite_error(bad: int, first_row: int, path: Path) -> InvalidInput:
+    return InvalidInput(
+        f"dataset {path}: x holds {bad} non-finite values (NaN or infinity), the first in "
+        f"example {first_row}; impute or drop them"
+    )
+
+
+def _check_labels(y: npt.NDArray[np.generic], path: Path) -> int:
+    """Check that y's labels are classes 0..k-1 with at least 2 examples each; return k."""
     n = int(y.shape[0])
     lo, hi = int(y.min()), int(y.max())
     if lo < 0:
@@ -359,7 +544,7 @@ def _validate(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], path: Path) 
             "with no gaps (relabel with np.unique(y, return_inverse=True)) and rare classes "
             "need more examples or must be dropped"
         )
-    return Dataset(x=x, y=y, num_classes=num_classes, input_shape=tuple(x.shape[1:]))
+    return num_classes
 
 
 # --------------------------------------------------------------------------- splitting

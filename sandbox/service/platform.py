@@ -304,6 +304,7 @@ class Platform:
             check: DatasetCheck | None = None
             blob: str | None = None
             try:
+                check = DatasetCheck(limit)  # starts now: its imports overlap the transfer
                 with self.blobs.writer(max_bytes=limit * 2) as sealed:
                     sealer = DatasetSealer(sealed, dataset_id, self.master, max_bytes=limit)
                     with Overlapped(sealer.write) as sealing:
@@ -312,9 +313,9 @@ class Platform:
                         sealing.finish()
                     info = sealer.close()
                     check_digest(header, info.sha256_plaintext)
-                    check = DatasetCheck(plain, limit)
+                    check.check(plain)
                     blob = sealed.commit().sha256
-                summary = check.result()  # bound: the block above either set it or raised
+                summary = check.result()
                 dataset = self.store.add_dataset(
                     id=dataset_id,
                     owner=who.party,
