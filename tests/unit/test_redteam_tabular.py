@@ -25,6 +25,7 @@ import pytest
 from sandbox.checks import run_checks, sanitize_arrays
 from sandbox.checks.sanitize import DEFAULT_BITS
 from sandbox.demo import sample_dataset
+from sandbox.pipeline.algorithm import unpack_algorithm
 from sandbox.pipeline.dataset import Dataset, split_holdout
 from sandbox.redteam.attacks import Knowledge, attack_params, decode, make_package
 from sandbox.redteam.harness import load_weights, mlp_accuracy
@@ -128,6 +129,12 @@ def test_the_schema_is_the_attackers_only_knowledge(tmp_path: Path) -> None:
     assert "INPUT_SCALE = 1.0\n" in (tmp_path / "pkg" / "model.py").read_text()
     with pytest.raises(ValueError, match="unknown dataset 'iris'"):
         attack_params("lsb", dataset="iris")
+
+
+@pytest.mark.parametrize("name", ["honest", "lsb", "lsb_encrypted", "correlated", "sign"])
+def test_tabular_packages_pass_the_platforms_package_checks(name: str, tmp_path: Path) -> None:
+    make_package(name, tmp_path / "pkg", dataset=DATASET, epochs=2)
+    assert unpack_algorithm(tmp_path / "pkg", tmp_path / "unpacked").name == f"redteam-{name}"
 
 
 def test_every_attack_keeps_the_task_learned(run_package: RunPackage) -> None:
