@@ -15,7 +15,9 @@ compute the statistics the three low-bit checks read:
 The first round also checks that all three give identical statistics. Reports the
 median seconds of `--runs` rounds, GB/s (1e9 bytes of F32 data per second) and the
 speed relative to the reference, with the load average before and after: on a
-shared 2-core VM other work takes cores, so read ratios measured in one run.
+shared 2-core VM other work takes cores, so read ratios measured in one run. CPU
+seconds (this process and the forked child) say what the scan costs whatever the
+load: GB per CPU second is the speed one idle core would give.
 
     .venv/bin/python -m bench.scan_throughput [--mb 1024] [--runs 3] [--json]
 """
@@ -90,17 +92,25 @@ def _same(a: Mapping[str, LowBitStats], b: Mapping[str, LowBitStats]) -> bool:
     )
 
 
-def measure(model: Model, runs: int) -> dict[str, list[float]]:
-    """Seconds per variant per round; the leading variant rotates every round."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (the forked half)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(model: Model, runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per variant per round; the leading variant rotates."""
     names = list(VARIANTS)
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     results: dict[str, Mapping[str, LowBitStats]] = {}
     for round_ in range(runs):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             out = VARIANTS[name](model)
             seconds[name].append(time.perf_counter() - start)
+            cpu[name].append(_cpu_seconds() - cpu_start)
             if round_ == 0:
                 results[name] = out
         if round_ == 0:
@@ -109,7 +119,7 @@ def measure(model: Model, runs: int) -> dict[str, list[float]]:
                 if not _same(first, out):
                     raise SystemExit(f"{name} disagrees with the reference scan: a bug, not noise")
             results.clear()
-    return seconds
+    return seconds, cpu
 
 
 def _cpu() -> str:
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args.mb)
     nbytes = sum(v.nbytes for v in model.values())
     load_before = os.getloadavg()
-    seconds = measure(model, args.runs)
+    seconds, cpu = measure(model, args.runs)
     load_after = os.getloadavg()
     median = {name: statistics.median(s) for name, s in seconds.items()}
     rows = {
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(median[name], 3),
             "gb_per_s": round(nbytes / median[name] / 1e9, 3),
             "vs_reference": round(median["reference"] / median[name], 2),
+            "cpu_seconds": round(statistics.median(cpu[name]), 3),
+            "gb_per_cpu_s": round(nbytes / statistics.median(cpu[name]) / 1e9, 3),
             "runs": [round(s, 3) for s in seconds[name]],
         }
         for name in seconds
@@ -165,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {nbytes / 1e9:.3f} GB of F32 in {len(model)} tensors, "
         f"median of {args.runs} rounds"
     )
-    print("| variant | seconds | GB/s | vs reference | rounds (s) |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print("| variant | seconds | GB/s | vs reference | CPU s | GB per CPU s | rounds (s) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, row in rows.items():
         print(
             f"| {name} | {row['seconds']} | {row['gb_per_s']} | {row['vs_reference']}x | "
+            f"{row['cpu_seconds']} | {row['gb_per_cpu_s']} | "
             f"{', '.join(str(s) for s in row['runs'])} |"
         )
     return 0

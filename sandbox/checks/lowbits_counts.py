@@ -18,6 +18,8 @@ ten values. Below `SMALL_VALUES` values a direct 256-bin path is cheaper than
 allocating the 65,536-bin histograms at all.
 
 Counts are exact: nothing is sampled, so a payload anywhere in a tensor counts.
+The arithmetic is integer only (numpy's own loops, never BLAS), which also keeps a
+forked child (`lowbits_fork`) clear of the parent's BLAS thread pool.
 """
 
 from __future__ import annotations
