@@ -35,6 +35,7 @@ from sandbox.api.gen.sandbox.v1 import (
 )
 from sandbox.api.status import from_rpc_error
 from sandbox.client.config import ClientConfig
+from sandbox.client.frames import chunk_frame, chunk_tag, raw_upload
 from sandbox.client.progress import Bar
 from sandbox.errors import InvalidInput, NotFound, VerificationFailed
 
@@ -84,6 +85,13 @@ class Client:
         self.models: Any = model_pb2_grpc.ModelServiceStub(self.channel)
         self.policies: Any = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self.audit: Any = audit_pb2_grpc.AuditServiceStub(self.channel)
+        services = (dataset_pb2.DESCRIPTOR, algorithm_pb2.DESCRIPTOR)
+        self._upload_dataset = raw_upload(
+            self.channel, services[0].services_by_name["DatasetService"], "UploadDataset"
+        )
+        self._upload_algorithm = raw_upload(
+            self.channel, services[1].services_by_name["AlgorithmService"], "UploadAlgorithm"
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -97,21 +105,23 @@ class Client:
     # ---------------------------------------------------------------- uploads
 
     def _stream(self, path: Path, name: str, message: Any, label: str) -> Iterator[Any]:
+        """The header message, then the file as chunk frames (see sandbox.client.frames)."""
         size = path.stat().st_size
         digest = sha256_of(path)
         yield message(header=common_pb2.UploadHeader(name=name, size=size, sha256=digest))
         bar = Bar(label, size, enabled=self.progress)
+        tag = chunk_tag(message)
         with open(path, "rb") as handle:
             while data := handle.read(CHUNK):
                 bar.advance(len(data))
-                yield message(chunk=data)
+                yield chunk_frame(tag, data)
         bar.close()
 
     def upload_dataset(self, path: Path, name: str) -> Any:
         if not path.is_file():
             raise NotFound(f"dataset {path} does not exist; pass an .npz file")
         requests = self._stream(path, name, dataset_pb2.UploadDatasetRequest, "upload")
-        return _call(lambda: self.datasets.UploadDataset(requests))
+        return _call(lambda: self._upload_dataset(requests))
 
     def upload_algorithm(self, path: Path) -> Any:
         if path.is_dir():
@@ -127,7 +137,7 @@ class Client:
         requests = self._stream(
             archive, archive.name, algorithm_pb2.UploadAlgorithmRequest, "upload"
         )
-        return _call(lambda: self.algorithms.UploadAlgorithm(requests))
+        return _call(lambda: self._upload_algorithm(requests))
 
     # ---------------------------------------------------------------- jobs
 
