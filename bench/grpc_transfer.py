@@ -9,6 +9,11 @@ moves as many bytes as the upload. Dataset validation runs in a child process of
 the server (by design: it loads the arrays); its memory is reported separately.
 
     python bench/grpc_transfer.py [--mb 1024] [--rpcs 1000] [--runs 3] [--json]
+                                  [--baseline DIR]
+
+`--baseline DIR` measures another checkout (e.g. `git worktree add /tmp/base HEAD~2`)
+in alternation with this one, run for run, so that both see the same load on a
+shared machine; the 1-minute load average at the start of each run is reported.
 
 Targets: >= 200 MB/s each way (MB = 10**6 bytes), peak RSS growth < 100 MB,
 metadata p50/p99 reported.
@@ -132,6 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(size_mb: int, rpcs: int, workdir: Path) -> dict[str, Any]:
     from sandbox.service.state import init_state
 
+    load_avg = os.getloadavg()[0]
     configs = init_state(workdir / "state", [("owner", Role.DATA_OWNER), ("prov", Role.PROVIDER)])
     dataset = workdir / "data.npz"
     size = write_dataset(dataset, size_mb)
@@ -207,7 +213,20 @@ def run(size_mb: int, rpcs: int, workdir: Path) -> dict[str, Any]:
             for name, values in latencies.items()
         },
         "rpcs": rpcs,
+        "load_avg": load_avg,
     }
+
+
+def run_baseline(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of the checkout at `root` (its own bench script, its own code)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    command = [sys.executable, "-P", str(root / "bench" / "grpc_transfer.py")]
+    command += ["--mb", str(args.mb), "--rpcs", str(args.rpcs), "--runs", "1", "--json"]
+    if args.dir:
+        command += ["--dir", str(args.dir)]
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd="/")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,7 +238,8 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             result[key] = max(values) if "rss" in key else statistics.median(values)
     result["runs"] = len(runs)
     result["all_runs"] = [
-        {k: round(v, 2) for k, v in r.items() if k.endswith(("mb_s", "mb"))} for r in runs
+        {k: round(v, 2) for k, v in r.items() if k.endswith(("mb_s", "mb", "load_avg"))}
+        for r in runs
     ]
     return result
 
@@ -245,8 +265,28 @@ def table(r: dict[str, Any]) -> str:
         f"| metadata RPC p50 / p99 ({r['rpcs']} sequential, median of runs) "
         f"| {r['rpc_p50_ms']:.2f} / {r['rpc_p99_ms']:.2f} ms | reported |",
     ]
-    rows.append(f"\nmedian of {r['runs']} runs; peak RSS growth: the largest of the runs")
+    rows.append(
+        f"\nmedian of {r['runs']} runs; peak RSS growth: the largest of the runs; "
+        f"load average {_range([run['load_avg'] for run in r['all_runs']])}"
+    )
     return "\n".join(rows)
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
+def compared(r: dict[str, Any], base: dict[str, Any], root: Path) -> str:
+    pairs = ", ".join(
+        f"{b['upload_mb_s']:.0f} vs {n['upload_mb_s']:.0f}"
+        for b, n in zip(base["all_runs"], r["all_runs"], strict=True)
+    )
+    return (
+        f"\nbaseline {root}, alternated run for run: upload {base['upload_mb_s']:.0f} MB/s, "
+        f"download {base['download_mb_s']:.0f} MB/s, server RSS growth "
+        f"{base['upload_rss_growth_mb']:.1f} / {base['download_rss_growth_mb']:.1f} MB "
+        f"(upload MB/s per run, baseline vs this: {pairs})"
+    )
 
 
 def main() -> int:
@@ -256,18 +296,28 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="report the median of the runs")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="another checkout, measured alternately")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.model_bytes)
         return 0
-    runs = []
+    runs, base_runs = [], []
     for _ in range(args.runs):
+        if args.baseline:
+            base_runs.append(run_baseline(args.baseline.resolve(), args))
         with tempfile.TemporaryDirectory(prefix="bench-grpc-", dir=args.dir) as tmp:
             runs.append(run(args.mb, args.rpcs, Path(tmp)))
     result = median_of(runs)
-    print(json.dumps(result, indent=2) if args.json else table(result))
+    if args.baseline:
+        result["baseline"] = median_of(base_runs)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table(result))
+        if args.baseline:
+            print(compared(result, result["baseline"], args.baseline))
     return 0
 
 

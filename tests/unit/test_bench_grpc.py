@@ -13,6 +13,7 @@ RUN = {
     "rpc_p50_ms": 0.5,
     "rpc_p99_ms": 1.5,
     "rpcs": 100,
+    "load_avg": 0.5,
 }
 
 
@@ -33,6 +34,15 @@ def test_table_marks_targets() -> None:
     assert "| upload 1,000 MB" in text
     assert ">= 200 MB/s: MISSED" in text and ">= 200 MB/s: met" in text
     assert "< 100 MB: met" in text
+    assert "load average 0.5-0.5" in text
+
+
+def test_compared_pairs_the_runs() -> None:
+    base = bench.median_of([{**RUN, "upload_mb_s": 90.0}, {**RUN, "upload_mb_s": 80.0}])
+    new = bench.median_of([{**RUN, "upload_mb_s": 180.0}, {**RUN, "upload_mb_s": 170.0}])
+    text = bench.compared(new, base, bench.Path("/tmp/base"))
+    assert "baseline /tmp/base" in text and "upload 85 MB/s" in text
+    assert "90 vs 180, 80 vs 170" in text
 
 
 def test_percentile() -> None:
