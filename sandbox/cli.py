@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--no-weights",
         action="store_true",
-        help="skip the weight attacks (each a whole pipeline job): isolation and smuggling only",
+        help="skip the weight and membership attacks (each a whole pipeline job): isolation "
+        "and smuggling only",
     )
     test.add_argument("--json", action="store_true")
     test.set_defaults(func=cmd_policy_test)

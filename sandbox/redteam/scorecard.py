@@ -12,7 +12,8 @@ Budget mode "small" lowers only the wall-clock limit of the endless-loop probe (
 show the kill without waiting the policy's full limit); every other attempt runs
 under the policy's own settings; the weight attacks train for 10 epochs instead of 30
 (enough for each to carry records) and raw LSB runs in "full" only
-(sandbox/redteam/weight_channels.py says why).
+(sandbox/redteam/weight_channels.py says why). The membership channel
+(sandbox/redteam/membership_channel.py) is one more whole job, the same in both modes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from sandbox.gate import GateViolation, TensorSpec, gate_output
 from sandbox.policy.model import Policy
-from sandbox.redteam import escapes, weight_channels
+from sandbox.redteam import escapes, membership_channel, weight_channels
 from sandbox.redteam.escapes import AttackBox
 from sandbox.runner.base import Runner
 from sandbox.runner.workspace import JobWorkspace
@@ -327,9 +328,10 @@ def run_scorecard(
     work_root: Path | None = None,
     weights: bool = False,
 ) -> Scorecard:
-    """Every attempt against `policy`. `weights` adds the weight attacks, each a whole
-    job through the pipeline (minutes; `sandbox policy test` always runs them): they
-    start first, so their fixed-release-time holds overlap the isolation probes."""
+    """Every attempt against `policy`. `weights` adds the weight attacks and the
+    membership attack, each a whole job through the pipeline (minutes; `sandbox policy
+    test` always runs them): they start first, so their fixed-release-time holds overlap
+    the isolation probes."""
     say = progress or (lambda message: None)
     entries: list[Entry] = []
     finish_weights = (
@@ -337,11 +339,17 @@ def run_scorecard(
         if weights
         else None
     )
+    finish_membership = (
+        membership_channel.start_membership_channel(policy, runner, image, progress=say)
+        if weights
+        else None
+    )
     try:
         entries.extend(_isolation_and_smuggling(policy, runner, image, budget, say, work_root))
     except BaseException:
-        if finish_weights is not None:  # their containers and files go before we return
-            finish_weights()
+        for finish in (finish_weights, finish_membership):
+            if finish is not None:  # their containers and files go before we return
+                finish()
         raise
     entries.extend(_conventional(policy))
     if finish_weights is not None:
@@ -349,5 +357,17 @@ def run_scorecard(
         entries.extend(
             Entry(r.channel.name, r.channel.channel, r.channel.attempt, r.outcome, r.evidence)
             for r in finish_weights()
+        )
+    if finish_membership is not None:
+        say("membership: waiting for the attack job")
+        done = finish_membership()
+        entries.append(
+            Entry(
+                membership_channel.NAME,
+                membership_channel.CHANNEL,
+                membership_channel.ATTEMPT,
+                done.outcome,
+                done.evidence,
+            )
         )
     return Scorecard(policy=policy.name, results=entries)
