@@ -18,10 +18,6 @@ import docker
 import numpy as np
 import pytest
 
-from sandbox.demo import sample_dataset, write_digits
-from sandbox.dp import SqliteBudgetLedger
-from sandbox.pipeline.dataset import Dataset, split_holdout
-from sandbox.pipeline.local import run_local
 from sandbox.policy.load import load_policy
 from sandbox.redteam.capacity import (
     decode_capacity,
@@ -31,7 +27,7 @@ from sandbox.redteam.capacity import (
     score_capacity,
 )
 from sandbox.redteam.harness import load_weights
-from sandbox.runner.docker_runner import DockerRunner
+from tests.integration.recording import digits_train_split, run_attack_job
 
 pytestmark = pytest.mark.docker
 
@@ -41,22 +37,11 @@ WEIGHT_CHECKS_ONLY = ("probe_", "membership")  # verdicts other helpers' steps a
 def test_default_policy_releases_a_capacity_abuse_model_the_attacker_reads_back(
     tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
 ) -> None:
-    digits = write_digits(tmp_path / "digits.npz")
     knowledge = make_capacity_package(
         tmp_path / "capacity", dataset="digits", generator="prng", n_records=20
     )
     policy = load_policy("default")
-    report = run_local(
-        tmp_path / "capacity",
-        digits,
-        policy,
-        tmp_path / "out",
-        runner=DockerRunner(docker_client),
-        image=runtime_image,
-        work_root=tmp_path / "work",
-        ledger=SqliteBudgetLedger(tmp_path / "ledger.db"),
-        dataset_id="digits",
-    )
+    report = run_attack_job(tmp_path, tmp_path / "capacity", policy, docker_client, runtime_image)
     # The weight checks see nothing; the sanitizer runs and changes nothing that matters.
     weight_verdicts = {
         c["name"]: c["verdict"]
@@ -68,12 +53,7 @@ def test_default_policy_releases_a_capacity_abuse_model_the_attacker_reads_back(
     assert report.decision == "released_sanitized", report.reasons  # today: let through
     assert 0.90 <= report.utility["released_accuracy"] <= 1.0
 
-    x, y = sample_dataset("digits")
-    train, holdout = split_holdout(
-        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
-        policy.holdout_fraction,
-        policy.holdout_seed,
-    )
+    train, holdout = digits_train_split(policy)
     released = load_weights(tmp_path / "out" / "model.safetensors")
     scale = float(knowledge.params["input_scale"])
     accuracy = float(np.mean(mlp_logits(released, holdout.x, scale).argmax(axis=1) == holdout.y))
@@ -94,29 +74,13 @@ def test_under_dp_always_the_attacker_reads_only_chance_from_the_release(
 ) -> None:
     """The residual black-box extraction when the provider's weights are replaced by the
     platform's DP-SGD model: the attacker's queries read the control's numbers."""
-    digits = write_digits(tmp_path / "digits.npz")
     knowledge = make_capacity_package(tmp_path / "capacity", n_records=20)
     base = load_policy("default")
     dp = {"mode": "always", "epsilon": 3.0, "budget_epsilon": 10.0}
     policy = base.model_copy(update={"dp": base.dp.model_copy(update=dp)})
-    report = run_local(
-        tmp_path / "capacity",
-        digits,
-        policy,
-        tmp_path / "out",
-        runner=DockerRunner(docker_client),
-        image=runtime_image,
-        work_root=tmp_path / "work",
-        ledger=SqliteBudgetLedger(tmp_path / "ledger.db"),
-        dataset_id="digits",
-    )
+    report = run_attack_job(tmp_path, tmp_path / "capacity", policy, docker_client, runtime_image)
     assert report.decision == "released_dp", report.reasons
-    x, y = sample_dataset("digits")
-    train, _ = split_holdout(
-        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
-        policy.holdout_fraction,
-        policy.holdout_seed,
-    )
+    train, _ = digits_train_split(policy)
     released = load_weights(tmp_path / "out" / "model.safetensors")
     query = mlp_query(released, float(knowledge.params["input_scale"]))
     extraction = score_capacity(decode_capacity(query, knowledge), train.x, knowledge)

@@ -9,10 +9,9 @@ import docker
 import pytest
 
 from sandbox.audit import default_public_key, verify_attestation
-from sandbox.demo import EXAMPLE_ALGORITHM, sample_dataset, write_digits
+from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
 from sandbox.dp import SqliteBudgetLedger
 from sandbox.errors import LimitExceeded
-from sandbox.pipeline.dataset import Dataset, split_holdout
 from sandbox.pipeline.local import run_local
 from sandbox.policy.load import load_policy
 from sandbox.policy.model import Policy
@@ -21,6 +20,7 @@ from sandbox.redteam.harness import load_weights
 from sandbox.redteam.metrics import score
 from sandbox.runner.base import LABEL_JOB
 from sandbox.runner.docker_runner import DockerRunner
+from tests.integration.recording import digits_train_split, run_attack_job
 
 pytestmark = pytest.mark.docker
 
@@ -130,28 +130,12 @@ def test_white_box_attacks_under_dp_always_leave_extraction_at_chance(
 ) -> None:
     """The attacker's own decoder, run on what is released under dp: always, recovers
     nothing: the provider's weights are discarded before release."""
-    digits = write_digits(tmp_path / "digits.npz")
     package = tmp_path / attack
     knowledge = make_package(attack, package)
     policy = dp_policy("always", budget_epsilon=10.0)
-    report = run_local(
-        package,
-        digits,
-        policy,
-        tmp_path / "out",
-        runner=DockerRunner(docker_client),
-        image=runtime_image,
-        work_root=tmp_path / "work",
-        ledger=SqliteBudgetLedger(tmp_path / "ledger.db"),
-        dataset_id="digits",
-    )
+    report = run_attack_job(tmp_path, package, policy, docker_client, runtime_image)
     assert report.decision == "released_dp", report.reasons
-    x, y = sample_dataset("digits")
-    train, _ = split_holdout(
-        Dataset(x=x, y=y, num_classes=10, input_shape=(64,)),
-        policy.holdout_fraction,
-        policy.holdout_seed,
-    )
+    train, _ = digits_train_split(policy)
     released = load_weights(tmp_path / "out" / "model.safetensors")
     extraction = score(decode(released, knowledge), train.x, knowledge)
     assert extraction.recovered == 0
