@@ -355,14 +355,20 @@ def split_halves(n: int) -> tuple[list[int], list[int]]:
 
 
 def holdout_fprs(
-    rows: Sequence[Mapping[str, float]], fprs: Sequence[float]
+    rows: Sequence[Mapping[str, float]],
+    fprs: Sequence[float],
+    classes: Sequence[int] | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Calibrate on one half, count flags on the other, both ways; mean of the two.
 
     Also the rate at which *any* check flags an honest model (the family-wise rate).
+    With `classes` and `sizes` (each model's class count and parameter count), each
+    held-out model is judged as the pipeline judges it: by the thresholds of the
+    group `choose_group` picks, fitted on the other half; without, by the pooled ones.
     """
     from sandbox.checks.battery import CHECKS
-    from sandbox.checks.calibrate import calibrate
+    from sandbox.checks.calibrate import POOLED, calibrate, choose_group
     from sandbox.checks.result import exceeds
 
     halves = split_halves(len(rows))
@@ -373,10 +379,19 @@ def holdout_fprs(
         for fit, test in (halves, halves[::-1]):
             if not fit or not test:
                 continue
-            thresholds = calibrate({n: [rows[i][n] for i in fit] for n in names}, fpr)
-            flags = {
-                n: [exceeds(rows[i][n], thresholds[n], CHECKS[n].tail) for i in test] for n in names
+            members = _group_members(fit, classes)
+            document = _group_document(members, sizes)
+            thresholds = {
+                key: calibrate({n: [rows[i][n] for i in index] for n in names}, fpr)
+                for key, index in members.items()
             }
+            flags: dict[str, list[bool]] = {n: [] for n in names}
+            for i in test:
+                key = POOLED
+                if classes is not None and sizes is not None:
+                    key = choose_group(classes[i], sizes[i], document)
+                for n in names:
+                    flags[n].append(exceeds(rows[i][n], thresholds[key][n], CHECKS[n].tail))
             for n in names:
                 rates[n].append(sum(flags[n]) / len(test))
             rates["any"].append(
@@ -385,6 +400,46 @@ def holdout_fprs(
         for n, values in rates.items():
             out[n][f"{fpr:g}"] = round(mean(values), 4)
     return out
+
+
+def _group_members(indices: Sequence[int], classes: Sequence[int] | None) -> dict[str, list[int]]:
+    """The pooled corpus and each calibration group: which of `indices` belong."""
+    from sandbox.checks.calibrate import POOLED, group_key
+
+    members: dict[str, list[int]] = {POOLED: list(indices)}
+    for i in indices:
+        if classes is not None:
+            members.setdefault(group_key(classes[i]), []).append(i)
+    return members
+
+
+def _group_document(
+    members: Mapping[str, Sequence[int]], sizes: Sequence[int] | None
+) -> dict[str, Any]:
+    """What `choose_group` reads of a calibration: per group, its size and the range
+    of parameter counts it was fitted on."""
+    from sandbox.checks.calibrate import POOLED
+
+    if sizes is None:
+        return {"groups": {}}
+    return {
+        "groups": {
+            key: {
+                "models": len(index),
+                "parameters": [min(sizes[i] for i in index), max(sizes[i] for i in index)],
+            }
+            for key, index in members.items()
+            if key != POOLED and index
+        }
+    }
+
+
+def model_groups(models: Sequence[CorpusModel]) -> tuple[list[int], list[int]]:
+    """Each model's class count (its dataset's: what the pipeline groups by) and
+    parameter count (float values in its tensors)."""
+    classes = [load_data(m.config.dataset).num_classes for m in models]
+    sizes = [sum(int(v.size) for v in m.state.values()) for m in models]
+    return classes, sizes
 
 
 # --------------------------------------------------------------------------- sanitizer sweep
@@ -513,11 +568,33 @@ def calibration_document(
     seconds: float,
 ) -> dict[str, Any]:
     from sandbox.checks.battery import CHECKS
-    from sandbox.checks.calibrate import FPR_TABLE, calibrate
+    from sandbox.checks.calibrate import FPR_TABLE, POOLED, calibrate
 
     names = [n for n in CHECKS if all(n in r for r in rows)]
     honest = {n: sorted(round(float(r[n]), 6) for r in rows) for n in names}
     table = {f"{fpr:g}": calibrate(honest, fpr) for fpr in FPR_TABLE}
+    classes, sizes = model_groups(models)
+    members = _group_members(range(len(rows)), classes)
+    shapes = _group_document(members, sizes)["groups"]
+    groups: dict[str, Any] = {}
+    for key, index in sorted(members.items()):
+        if key == POOLED:
+            continue
+        part = [rows[i] for i in index]
+        values = {n: sorted(round(float(r[n]), 6) for r in part) for n in names}
+        by_fpr = {f"{fpr:g}": calibrate(values, fpr) for fpr in FPR_TABLE}
+        groups[key] = {
+            **shapes[key],
+            "datasets": sorted({models[i].config.dataset for i in index}),
+            "checks": {
+                n: {
+                    "thresholds": {fpr: round(t[n], 6) for fpr, t in by_fpr.items()},
+                    "honest": values[n],
+                }
+                for n in names
+            },
+            "holdout_fpr": holdout_fprs(part, FPR_TABLE),
+        }
     datasets: dict[str, int] = {}
     archs: dict[str, int] = {}
     for m in models:
@@ -549,6 +626,8 @@ def calibration_document(
             for n in names
         },
         "holdout_fpr": holdout_fprs(rows, FPR_TABLE),
+        "groups": groups,
+        "holdout_fpr_routed": holdout_fprs(rows, FPR_TABLE, classes, sizes),
         "sanitizer": dict(sweep),
     }
 
@@ -568,6 +647,7 @@ def markdown(document: Mapping[str, Any]) -> str:
             f"{fpr[name]['0.01']:.3f} | {fpr[name]['0.05']:.3f} |"
         )
     lines.append(f"| any check | | | {fpr['any']['0.01']:.3f} | {fpr['any']['0.05']:.3f} |")
+    lines += group_markdown(document)
     lines += [
         "",
         "| dtype | k | mean change (points) | mean drop | worst | runs changed |",
@@ -585,6 +665,40 @@ def markdown(document: Mapping[str, Any]) -> str:
                 f"{row['runs_changed']:.3f} |"
             )
     return "\n".join(lines)
+
+
+def group_markdown(document: Mapping[str, Any]) -> list[str]:
+    """Per calibration group: thresholds and held-out FPRs at 1%, then the held-out
+    rates with every model judged by the group the pipeline picks for it."""
+    groups: Mapping[str, Any] = document.get("groups", {})
+    if not groups:
+        return []
+    keys = sorted(groups)
+    header = " | ".join(
+        f"{k} ({groups[k]['models']} models, {groups[k]['parameters'][0]}-"
+        f"{groups[k]['parameters'][1]} params): threshold @1% | held-out FPR @1%"
+        for k in keys
+    )
+    lines = ["", f"| check | {header} | routed held-out FPR @1% | @5% |", "|---|"]
+    lines[-1] += "---:|" * (2 * len(keys) + 2)
+    routed = document["holdout_fpr_routed"]
+    for name in document["checks"]:
+        cells = []
+        for k in keys:
+            cells.append(f"{groups[k]['checks'][name]['thresholds']['0.01']:.4g}")
+            cells.append(f"{groups[k]['holdout_fpr'][name]['0.01']:.3f}")
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {routed[name]['0.01']:.3f} | "
+            f"{routed[name]['0.05']:.3f} |"
+        )
+    cells = []
+    for k in keys:
+        cells += ["", f"{groups[k]['holdout_fpr']['any']['0.01']:.3f}"]
+    lines.append(
+        f"| any check | {' | '.join(cells)} | {routed['any']['0.01']:.3f} | "
+        f"{routed['any']['0.05']:.3f} |"
+    )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,14 +9,14 @@ and says so (it never flags blindly).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from sandbox.checks import data, weights
-from sandbox.checks.calibrate import DEFAULT_FPR, shipped_thresholds
+from sandbox.checks.calibrate import DEFAULT_FPR, choose_group, shipped_thresholds
 from sandbox.checks.lowbits import LowBitStats
 from sandbox.checks.result import CheckResult, Tail
 
@@ -125,11 +125,15 @@ def run_checks(
     thresholds: Mapping[str, float | None] | None = None,
     enabled: Iterable[str] | None = None,
     seed: int | None = None,
+    num_classes: int | None = None,
 ) -> list[CheckResult]:
     """Run the enabled checks (default: all; data-aware ones only if `x` is given).
 
     `thresholds` overrides the shipped calibration at `fpr`, per check; a check
-    missing from both runs without a threshold (it reports, never flags). `seed`
+    missing from both runs without a threshold (it reports, never flags). The shipped
+    thresholds are those of the calibration group of `num_classes` (the training
+    data's class count) and the model's own parameter count, or of the pooled corpus
+    (`calibrate.choose_group`); each result names its group in `details`. `seed`
     fixes the data-aware checks' sampling (calibration); leave it None in production
     so their record subsample, window offsets and controls are unpredictable.
     """
@@ -137,7 +141,8 @@ def run_checks(
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; known: {', '.join(CHECKS)}")
-    limits: dict[str, float | None] = dict(shipped_thresholds(fpr))
+    group = choose_group(num_classes, sum(int(t.size) for t in tensors.values()))
+    limits: dict[str, float | None] = dict(shipped_thresholds(fpr, group))
     if thresholds is not None:
         limits.update(thresholds)
     low = weights.scan_low_bits(tensors)
@@ -146,5 +151,6 @@ def run_checks(
         spec = CHECKS[name]
         if spec.needs_data and x is None:
             continue
-        results.append(spec.run(tensors, x, limits.get(name), low, seed))
+        result = spec.run(tensors, x, limits.get(name), low, seed)
+        results.append(replace(result, details={**result.details, "calibration_group": group}))
     return results

@@ -84,8 +84,13 @@ def check_and_sanitize(
     sanitized_dest: Path | None,
     x_train: npt.NDArray[np.floating] | None,
     settings: ChecksSettings | None = None,
+    *,
+    num_classes: int | None = None,
 ) -> ChecksOutcome:
-    """Run the checks on `candidate`; write the sanitised model to `sanitized_dest`."""
+    """Run the checks on `candidate`; write the sanitised model to `sanitized_dest`.
+
+    `num_classes` (the training data's) picks the calibration group of the shipped
+    thresholds; None judges against the pooled corpus."""
     settings = settings or ChecksSettings()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -100,6 +105,7 @@ def check_and_sanitize(
         fpr=settings.fpr,
         thresholds=dict(settings.thresholds),
         enabled=enabled,
+        num_classes=num_classes,
     )
     seconds["checks"] = round(time.perf_counter() - start, 3)
     report = None

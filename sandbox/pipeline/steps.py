@@ -200,7 +200,9 @@ def weight_checks(
         else None,
         data_checks=rules.data_checks,
     )
-    outcome = check_and_sanitize(candidate, sanitized, train.x, settings)
+    outcome = check_and_sanitize(
+        candidate, sanitized, train.x, settings, num_classes=train.num_classes
+    )
     if sanitized is not None:
         os.chmod(sanitized, 0o444)
     ctx.report.checks = outcome.report_entries()
