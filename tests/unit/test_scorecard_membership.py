@@ -47,7 +47,8 @@ DP = {"epsilon": 2.99, "delta": 1e-5}
 
 
 def report(decision: str, **fields: Any) -> Report:
-    made = Report(job_id="j", policy={"name": "p", "sha256": "0"}, decision=decision)  # type: ignore[arg-type]
+    made = Report(job_id="j", policy={"name": "p", "sha256": "0"})
+    made.decision = decision  # type: ignore[assignment]  # any string, as report.json holds
     for name, value in fields.items():
         setattr(made, name, value)
     if decision != "rejected" and made.model is None:
