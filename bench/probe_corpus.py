@@ -4,7 +4,9 @@ For every honest corpus model it builds the probe families with a fresh seed (as
 the pipeline does with a CSPRNG seed, so the thresholds hold whatever the seed),
 computes the model's logits on them and on a perturbed copy on the host (torch,
 the corpus's own module; the pipeline gets the same logits from the exported
-graph in a sandbox), reduces them to per-family statistics and writes
+graph in a sandbox), trains the platform's two reference models of the same
+architecture with the probe container's own code (`sandbox.guest.reference_train`)
+and gets theirs, reduces them to per-family statistics and writes
 `sandbox/checks/probing/calibration.json`: per-family normalizers, every honest
 model's score per check, and the false-positive rate of each check measured on a
 held-out half of the corpus (calibrate on one half, count on the other).
@@ -39,12 +41,14 @@ from bench.corpus import (
 from sandbox.checks.calibrate import FPR_TABLE
 from sandbox.checks.probing.calibrate import CHECKED, ProbeCalibration, group_key, holdout_fpr
 from sandbox.checks.probing.families import FAMILIES, build_families, input_domain, perturb
-from sandbox.checks.probing.stats import family_statistics
+from sandbox.checks.probing.stats import family_statistics, reference_statistics
 
 DEFAULT_OUT = (
     Path(__file__).resolve().parents[1] / "sandbox" / "checks" / "probing" / "calibration.json"
 )
 DEFAULT_N = 256
+#: the checks that run when probes.reference is off
+WITHOUT_REFERENCE = tuple(c for c in CHECKED if c != "divergence")
 SEED_BASE = 0x5EED_0000
 
 
@@ -67,6 +71,39 @@ def host_logits(
         return {k: model(torch.from_numpy(x)).numpy() for k, x in queries.items()}
 
 
+def reference_logits(
+    module: Any,
+    x_train: npt.NDArray[np.float32],
+    y_train: npt.NDArray[np.int64],
+    queries: Mapping[str, npt.NDArray[np.float32]],
+) -> list[dict[str, npt.NDArray[np.float32]]]:
+    """The platform's references of `module`'s architecture, trained as the probe
+    container trains them (sandbox.guest.reference_train: platform initialisation
+    from OS randomness, the fixed plain recipe), and their logits on each query set."""
+    import torch
+    from torch.func import functional_call
+
+    from sandbox.guest.dp_train import make_generator, platform_init
+    from sandbox.guest.reference_train import REFERENCES, train
+
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    shapes = {name: (p.shape, p.dtype) for name, p in module.named_parameters()}
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    answers = []
+    for _ in REFERENCES:
+        initial = platform_init(shapes, make_generator(cpu), cpu)
+        params = train(module, initial, x, y, generator=make_generator(cpu)).params
+        with torch.no_grad():
+            answers.append(
+                {
+                    k: functional_call(module, params, (torch.from_numpy(q),)).numpy()
+                    for k, q in queries.items()
+                }
+            )
+    return answers
+
+
 def probe_queries(
     x_train: npt.NDArray[np.float32], seed: int, n: int, names: Sequence[str] | None = None
 ) -> dict[str, npt.NDArray[np.float32]]:
@@ -82,22 +119,27 @@ def probe_queries(
 
 def statistics_from_logits(
     logits: Mapping[str, npt.NDArray[np.float32]],
-    reference: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    references: Sequence[Mapping[str, npt.NDArray[np.float32]]] = (),
 ) -> dict[str, dict[str, float]]:
+    """The probe step's per-family statistics (with `references`: also the reference
+    statistics, as under `probes.reference`); `logits` must hold "holdout"."""
     families = [k for k in logits if not k.endswith("-p") and f"{k}-p" in logits]
-    holdout = logits.get("holdout")
-    return {
-        f: family_statistics(
-            logits[f], logits[f"{f}-p"], reference[f] if reference else None, holdout
-        )
-        for f in families
-    }
+    holdout = logits["holdout"]
+    stats = {f: family_statistics(logits[f], logits[f"{f}-p"], holdout) for f in families}
+    if references:
+        for f in families:
+            stats[f] |= reference_statistics(
+                logits[f], holdout, [r[f] for r in references], [r["holdout"] for r in references]
+            )
+    return stats
 
 
 def model_row(model: CorpusModel, index: int, n: int) -> dict[str, dict[str, float]]:
     data = load_data(model.config.dataset)
     queries = probe_queries(data.x_train, SEED_BASE + index, n) | {"holdout": data.x_holdout}
-    return statistics_from_logits(host_logits(model.config, model.state, queries))
+    module = build_model(model.config, data.input_shape, data.num_classes)
+    references = reference_logits(module, data.x_train, data.y_train, queries)
+    return statistics_from_logits(host_logits(model.config, model.state, queries), references)
 
 
 def _row_worker(args: tuple[ModelConfig, str, int, int]) -> dict[str, dict[str, float]]:
@@ -140,6 +182,7 @@ def calibration_document(
             "models": len(indices),
             **calibration.to_json(),
             "holdout_fpr": holdout_fpr(group_rows, FPR_TABLE),
+            "holdout_fpr_no_reference": holdout_fpr(group_rows, FPR_TABLE, WITHOUT_REFERENCE),
         }
     return {
         "format": 1,
@@ -167,6 +210,11 @@ def markdown(document: Mapping[str, Any]) -> str:
                     f"| {key} | {group['models']} | probe_{name} | {fpr[name]['0.01']:.3f} | "
                     f"{fpr[name]['0.05']:.3f} |"
                 )
+        without = group["holdout_fpr_no_reference"]["any"]
+        lines.append(
+            f"| {key} | {group['models']} | any, without reference | {without['0.01']:.3f} | "
+            f"{without['0.05']:.3f} |"
+        )
     return "\n".join(lines)
 
 

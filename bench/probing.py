@@ -36,12 +36,38 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import load_data
-from bench.probe_corpus import probe_queries, statistics_from_logits
+from bench.probe_corpus import probe_queries, reference_logits, statistics_from_logits
 from sandbox.checks.probing.calibrate import CHECKED, load_shipped, verdicts
 
 
-def probe_model(tensors: dict[str, Any], dataset: str, scale: float, fpr: float) -> list[str]:
-    """Names of the probe checks that flag this red-team MLP (pipeline settings)."""
+def red_team_mlp(tensors: dict[str, Any], scale: float) -> Any:
+    """The red-team package's MLP (packages/common/model.py: net.1 -> ReLU -> net.3, the
+    input scale inside forward) as a torch module of the same shapes: the architecture
+    the platform's references are trained on."""
+    import torch
+    from torch import nn
+
+    hidden, features = np.shape(tensors["net.1.weight"])
+    classes = np.shape(tensors["net.3.weight"])[0]
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x * scale)  # type: ignore[no-any-return]
+
+    return MLP()
+
+
+def probe_model(
+    tensors: dict[str, Any], dataset: str, scale: float, fpr: float, *, reference: bool = True
+) -> list[str]:
+    """Names of the probe checks that flag this red-team MLP (pipeline settings; with
+    `reference`, as under `probes.reference: true`)."""
     from sandbox.redteam.capacity import mlp_logits
 
     data = load_data(dataset)
@@ -49,8 +75,14 @@ def probe_model(tensors: dict[str, Any], dataset: str, scale: float, fpr: float)
     n = calibration.queries_per_family or 256
     queries = probe_queries(data.x_train, secrets.randbits(63), n) | {"holdout": data.x_holdout}
     logits = {k: mlp_logits(tensors, x, scale).astype(np.float32) for k, x in queries.items()}
-    stats = statistics_from_logits(logits)
-    checked = [s for s in CHECKED if calibration.honest.get(s)]
+    references = (
+        reference_logits(red_team_mlp(tensors, scale), data.x_train, data.y_train, queries)
+        if reference
+        else []
+    )
+    stats = statistics_from_logits(logits, references)
+    measured = {stat for values in stats.values() for stat in values}
+    checked = [s for s in CHECKED if calibration.honest.get(s) and s in measured]
     results = verdicts(stats, calibration, fpr / max(1, len(checked)), checked=checked)
     return [r.name for r in results if r.verdict == "flag"]
 
@@ -88,6 +120,7 @@ def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
                     decoded = decode_capacity(query, knowledge)
                     bits = score_capacity(decoded, data.x_train, knowledge).attack.bit_accuracy
                 flags = probe_model(tensors, dataset, scale, fpr)
+                plain = probe_model(tensors, dataset, scale, fpr, reference=False)
                 rows.append(
                     {
                         "dataset": dataset,
@@ -96,11 +129,13 @@ def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
                         "accuracy": accuracy,
                         "bit_accuracy": bits,
                         "flags": flags,
+                        "flags_no_reference": plain,
                     }
                 )
                 log(
                     f"{dataset} {generator} #{v}: acc {accuracy:.3f} bits {bits} "
-                    f"flags {flags} ({time.perf_counter() - start:.1f} s)"
+                    f"flags {flags}, without reference {plain} "
+                    f"({time.perf_counter() - start:.1f} s)"
                 )
     return rows
 
@@ -166,7 +201,7 @@ def run_probe_step(
 ) -> tuple[Any, Any]:
     """The pipeline's probe step on `module` with the process runner: (outcomes, report)."""
     from sandbox.pipeline.context import JobContext
-    from sandbox.pipeline.dataset import Dataset
+    from sandbox.pipeline.dataset import Dataset, write_npz
     from sandbox.pipeline.probe_step import probe
     from sandbox.pipeline.report import Report
     from sandbox.policy.model import Policy, ProbeRules
@@ -181,6 +216,7 @@ def run_probe_step(
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     with JobWorkspace(root, "probe-bench") as ws:
         export_into(ws.tmpfs("work", 16), module, shape)
+        write_npz(train, ws.tmpfs("data", 16) / "train.npz")
         report = Report(job_id="probe-bench", policy={})
         ctx = JobContext(
             "probe-bench", policy, ProcessRunner(), "none", ws, report, lambda s, m: None
@@ -189,31 +225,34 @@ def run_probe_step(
     return outcomes, report
 
 
-def time_probe_step(log: Any) -> float:
+def time_probe_step(log: Any, *, reference: bool) -> float:
     """Seconds of the pipeline's probe step on a digits model (process runner)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _, report = run_probe_step(train_mlp("digits"), "digits", Path(tmp))
+        _, report = run_probe_step(train_mlp("digits"), "digits", Path(tmp), reference=reference)
     seconds = float(report.probes["seconds"])
-    log(f"probe step on a digits model: {seconds:.2f} s")
+    log(f"probe step on a digits model (reference {reference}): {seconds:.2f} s")
     return seconds
 
 
 def table(rows: Sequence[dict[str, Any]], fpr: float) -> str:
     lines = [
-        f"| dataset | generator | models | holdout acc | attack bit acc | flagged @{fpr:g} FPR |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| dataset | generator | models | holdout acc | attack bit acc | flagged @{fpr:g} FPR, "
+        "with reference | without |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["generator"]), []).append(row)
     for (dataset, generator), group in groups.items():
         flagged = sum(1 for r in group if r["flags"])
+        plain = sum(1 for r in group if r["flags_no_reference"])
         bits = [r["bit_accuracy"] for r in group if r["bit_accuracy"] is not None]
         bit_text = f"{np.mean(bits):.3f}" if bits else "-"
         lines.append(
             f"| {dataset} | {generator} | {len(group)} | "
             f"{np.mean([r['accuracy'] for r in group]):.3f} | {bit_text} | "
-            f"{flagged}/{len(group)} ({flagged / len(group):.0%}) |"
+            f"{flagged}/{len(group)} ({flagged / len(group):.0%}) | "
+            f"{plain}/{len(group)} ({plain / len(group):.0%}) |"
         )
     return "\n".join(lines)
 
@@ -231,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_variants(args.variants, args.fpr, log)
     print(table(rows, args.fpr))
     if args.time:
-        print(f"\nprobe step, digits model (process runner): {time_probe_step(log):.2f} s")
+        for reference in (False, True):
+            seconds = time_probe_step(log, reference=reference)
+            print(
+                f"probe step, digits model (process runner), reference {reference}: {seconds:.2f} s"
+            )
     return 0
 
 

@@ -9,6 +9,8 @@ ALGORITHM = Path(os.environ.get("SANDBOX_ALGORITHM", "/algorithm"))
 DATA = Path(os.environ.get("SANDBOX_DATA", "/data"))
 OUTPUT = Path(os.environ.get("SANDBOX_OUTPUT", "/output"))
 WORK = Path(os.environ.get("SANDBOX_WORK", "/work"))
+# the training split, for trusted steps that train (the probe's reference model)
+TRAIN = Path(os.environ.get("SANDBOX_TRAIN", "/train"))
 
 # A line starting with this marker on stderr carries the reason a step failed.
 ERROR_MARKER = "SANDBOX_ERROR: "

@@ -36,6 +36,7 @@ _PATH_VARIABLES = {
     "/data": "SANDBOX_DATA",
     "/output": "SANDBOX_OUTPUT",
     "/work": "SANDBOX_WORK",
+    "/train": "SANDBOX_TRAIN",
 }
 
 

@@ -5,7 +5,10 @@ graph by trusted code in a sandbox container, `query_models`) for its logits on
 out-of-distribution query families, on a slightly perturbed copy of each, and on
 the holdout, then reduces them to per-family statistics and judges them against
 the honest corpus's calibration (sandbox.checks.probing). The seed comes from the
-OS CSPRNG, so a provider cannot train its model to behave on the probes.
+OS CSPRNG, so a provider cannot train its model to behave on the probes. With
+`probes.reference` the same container first trains two reference models of the
+declared graph with the platform's plain recipe on the same training split, and
+the candidate's distance from them (`divergence`, `agreement`) joins the statistics.
 
 Verdicts enter the decision as ordinary `probe_<statistic>` check outcomes; the
 owner's report gets `report.probes` (statistics, histograms, verdicts, seconds).
@@ -22,10 +25,14 @@ import numpy.typing as npt
 
 from sandbox.checks.probing.calibrate import CHECKED, load_shipped, verdicts
 from sandbox.checks.probing.families import build_families, input_domain, perturb
-from sandbox.checks.probing.stats import confidence_histogram, family_statistics
+from sandbox.checks.probing.stats import (
+    confidence_histogram,
+    family_statistics,
+    reference_statistics,
+)
 from sandbox.pipeline.context import JobContext
 from sandbox.pipeline.dataset import Dataset
-from sandbox.pipeline.query import query_models
+from sandbox.pipeline.query import REFERENCES, query_models
 from sandbox.policy.decide import CheckOutcome
 
 PERTURBED = "-p"
@@ -62,12 +69,22 @@ def probe(
     seed = secrets.randbits(63) if seed is None else seed
     queries = probe_queries(train, seed, rules.queries_per_family, tuple(rules.families))
     queries["holdout"] = np.ascontiguousarray(test.x, dtype=np.float32)
-    logits = query_models(ctx, [name], queries, "probe")[name]
+    answers = query_models(ctx, [name], queries, "probe", reference=rules.reference)
+    logits = answers[name]
     holdout = logits["holdout"]
     stats: dict[str, dict[str, float]] = {
-        family: family_statistics(logits[family], logits[f"{family}{PERTURBED}"], None, holdout)
+        family: family_statistics(logits[family], logits[f"{family}{PERTURBED}"], holdout)
         for family in rules.families
     }
+    if rules.reference:
+        references = [answers[r] for r in REFERENCES]
+        for family in rules.families:
+            stats[family] |= reference_statistics(
+                logits[family],
+                holdout,
+                [r[family] for r in references],
+                [r["holdout"] for r in references],
+            )
     calibration = load_shipped(train.num_classes)
     checked = [s for s in CHECKED if any(s in values for values in stats.values())]
     results = verdicts(stats, calibration, rules.fpr / max(1, len(checked)), checked=checked)
@@ -84,6 +101,7 @@ def probe(
     ctx.report.probes = {
         "queries_per_family": rules.queries_per_family,
         "reference": rules.reference,
+        **({"reference_holdout_accuracy": _accuracies(answers, test)} if rules.reference else {}),
         "families": [
             {
                 "name": family,
@@ -110,6 +128,15 @@ def probe(
         CheckOutcome(r.name, "flag" if r.verdict == "flag" else "pass", r.explanation)
         for r in results
     )
+
+
+def _accuracies(
+    answers: dict[str, dict[str, npt.NDArray[np.float32]]], test: Dataset
+) -> list[float]:
+    """Holdout accuracy of each reference: shows the owner the references learned the task."""
+    return [
+        round(float((answers[r]["holdout"].argmax(axis=1) == test.y).mean()), 4) for r in REFERENCES
+    ]
 
 
 def _finite(entry: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Probing and the membership audit need a model's answers (logits) on inputs the
 platform chooses. Those answers are computed by trusted code (sandbox.guest.query)
 on the graph from step 1 - no provider Python runs - and every array that comes
 back is checked here: the expected keys only, [n, classes] float32, finite.
+
+With `reference=True` the same container first trains the platform's reference
+models of the graph on the training split (sandbox.guest.reference_train) and
+answers for them too, under the reserved names in REFERENCES.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from sandbox.runner.base import BindMount
 Logits = dict[str, dict[str, npt.NDArray[np.float32]]]
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CLASSES = 100_000
+#: sandbox.guest.reference_train.REFERENCES (the host does not import torch for them)
+REFERENCES = ("reference1", "reference2")
 
 
 def query_models(
@@ -31,8 +37,11 @@ def query_models(
     names: Sequence[str],
     queries: Mapping[str, npt.NDArray[np.float32]],
     step: str,
+    *,
+    reference: bool = False,
 ) -> Logits:
-    """logits[name][key]: float32 [len(queries[key]), classes] of work/NAME.safetensors.
+    """logits[name][key]: float32 [len(queries[key]), classes] of work/NAME.safetensors
+    (and of the platform's reference model under `reference` when asked).
 
     Raises StepFailed when the container fails or its output is not exactly the
     logits asked for.
@@ -47,6 +56,13 @@ def query_models(
     os.chmod(data / "queries.npz", 0o444)
     limit_mb = policy.limits.output_mb
     out = ws.output_dir(step, limit_mb)
+    mounts = [
+        BindMount(ws.path / "work", "/work"),
+        BindMount(data, "/data"),
+        BindMount(out, "/output", False),
+    ]
+    if reference:
+        mounts.append(BindMount(ws.path / "data", "/train"))
     ctx.run(
         containers.guest_spec(
             policy,
@@ -54,23 +70,21 @@ def query_models(
             step=step,
             image=ctx.image,
             module="query",
-            mounts=[
-                BindMount(ws.path / "work", "/work"),
-                BindMount(data, "/data"),
-                BindMount(out, "/output", False),
-            ],
-            args=list(names),
+            mounts=mounts,
+            args=(["--reference"] if reference else []) + list(names),
             gpu_device=ctx.gpu_device,
         )
     )
     expect_only(out, {"logits.npz"}, step)
     raw = read_small(out / "logits.npz", limit_mb * MB)
-    return _parse(raw, names, queries, step)
+    return _parse(raw, [*names, *REFERENCES] if reference else names, queries, step)
 
 
 def _check_request(names: Sequence[str], queries: Mapping[str, npt.NDArray[np.float32]]) -> None:
     if not names or not queries:
         raise ValueError("query_models needs at least one model name and one query set")
+    if set(names) & set(REFERENCES):
+        raise ValueError(f"the names {REFERENCES} are reserved for the platform's references")
     for label in (*names, *queries):
         if not _NAME.match(label):
             raise ValueError(f"name {label!r} must match [A-Za-z0-9_-]{{1,64}}")

@@ -114,16 +114,14 @@ class ProbeRules(_Strict):
         typing.get_args(ProbeFamily), min_length=1, description="query families to run"
     )
     reference: bool = Field(
-        False, description="compare with the platform's own plain training (not available yet)"
+        False,
+        description="also train a reference model of the declared graph with the platform's "
+        "own plain recipe on the same training split, and compare the candidate's answers "
+        "with it (one more training run, in the probe's container)",
     )
 
     @model_validator(mode="after")
-    def _no_reference_yet(self) -> ProbeRules:
-        if self.reference:
-            raise ValueError(
-                "probes.reference: the platform's reference model is not implemented yet; "
-                "set it to false"
-            )
+    def _distinct_families(self) -> ProbeRules:
         if len(set(self.families)) != len(self.families):
             raise ValueError("probes.families lists a family twice")
         return self

@@ -24,6 +24,7 @@ _TARGET_ENV = {
     "/data": "SANDBOX_DATA",
     "/output": "SANDBOX_OUTPUT",
     "/work": "SANDBOX_WORK",
+    "/train": "SANDBOX_TRAIN",
 }
 
 

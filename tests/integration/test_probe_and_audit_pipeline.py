@@ -4,7 +4,8 @@ The example digits MLP under the default policy with both turned on:
 
 - probing: the families are built on the host from a CSPRNG seed; the candidate's
   logits on them, their perturbed copies and the holdout come from the guest query
-  container on the exported graph (no provider code); the honest model passes;
+  container on the exported graph (no provider code), which also trains the
+  platform's two reference models (`probes.reference`); the honest model passes;
 - the audit: canaries are planted from the training split, the excluded half never
   reaches train.npz (the unit tests inspect the file; here the job's own counts must
   agree), the candidate's logits on all canaries come from a second query container,
@@ -39,7 +40,7 @@ def test_honest_digits_model_is_probed_audited_and_passes(
     digits = write_digits(tmp_path / "digits.npz")
     policy = load_policy("default").model_copy(
         update={
-            "probes": ProbeRules(enabled=True),
+            "probes": ProbeRules(enabled=True, reference=True),
             "membership": MembershipRules(enabled=True, canaries=200),
         }
     )
@@ -61,7 +62,9 @@ def test_honest_digits_model_is_probed_audited_and_passes(
     assert 0.90 <= on_disk["utility"]["candidate_accuracy"] <= 1.0
 
     probes = on_disk["probes"]
-    assert probes["queries_per_family"] == 256 and probes["reference"] is False
+    assert probes["queries_per_family"] == 256 and probes["reference"] is True
+    # the references learned the task in the container (the example MLP gets ~0.96)
+    assert all(0.9 <= a <= 1.0 for a in probes["reference_holdout_accuracy"])
     assert [f["name"] for f in probes["families"]] == list(FAMILIES)
     for family in probes["families"]:
         assert family["n"] == 256 and sum(family["confidence_histogram"]["counts"]) == 256
@@ -73,6 +76,7 @@ def test_honest_digits_model_is_probed_audited_and_passes(
         "probe_instability",
         "probe_sensitivity",
         "probe_confidence_gap",
+        "probe_divergence",
     ]
     assert all(c["verdict"] == "pass" for c in probes["checks"]), probes["checks"]
     # one query container each (seconds; tens on a loaded 2-core host)

@@ -112,6 +112,7 @@ def test_guest_env_is_explicit_and_host_free(monkeypatch: pytest.MonkeyPatch) ->
         "SANDBOX_DATA",
         "SANDBOX_OUTPUT",
         "SANDBOX_WORK",
+        "SANDBOX_TRAIN",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
         "HOME",

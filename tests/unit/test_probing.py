@@ -129,7 +129,7 @@ def test_perturbation_is_small_and_seeded() -> None:
 def test_constant_model_has_no_spread_and_is_perfectly_stable() -> None:
     q = build_families(input_domain(_digits_like()), seed=0, n=200, names=["uniform"])["uniform"]
     logits = constant_model(q)
-    s = stats.family_statistics(logits, constant_model(q + 1), None, logits)
+    s = stats.family_statistics(logits, constant_model(q + 1), logits)
     expected_conf = math.exp(2) / (math.exp(2) + CLASSES - 1)
     assert s["label_entropy"] == 0.0
     assert s["instability"] == 0.0
@@ -234,7 +234,7 @@ def test_verdicts_flag_the_memorising_row_and_pass_an_honest_one() -> None:
 
 
 def test_an_uncalibrated_statistic_cannot_flag() -> None:
-    result = verdicts({"uniform": {"agreement": 0.0}}, ProbeCalibration({}, {}), 0.01)
+    result = verdicts({"uniform": {"divergence": 99.0}}, ProbeCalibration({}, {}), 0.01)
     assert [r.verdict for r in result] == ["pass"]
     assert "cannot flag" in result[0].explanation
 

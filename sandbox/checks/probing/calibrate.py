@@ -38,7 +38,9 @@ CALIBRATION_FILE: Final = "calibration.json"
 #: that moves on digits; label_entropy and raw confidence vary as much between honest
 #: models as under attack, so they are reported but do not vote (each extra check
 #: costs every check a share of the family-wise false-positive rate).
-CHECKED: Final = ("instability", "sensitivity", "confidence_gap", "agreement")
+CHECKED: Final = ("instability", "sensitivity", "confidence_gap", "divergence")
+#: How a statistic's per-family z-scores become its score (default: the maximum).
+MEAN_OVER_FAMILIES: Final = frozenset({"divergence"})
 _MAD_TO_SIGMA: Final = 1.4826
 _MIN_SCALE: Final = 1e-3
 
@@ -68,17 +70,20 @@ def fit_normalizers(rows: Sequence[FamilyStats]) -> Normalizers:
 
 def scores(stats: FamilyStats, normalizers: Normalizers) -> dict[str, float]:
     """Per statistic, the largest suspicious-side z-score over the families that have
-    a normalizer (NaN when none has): the check statistic, "upper" tail."""
-    out: dict[str, float] = {}
+    a normalizer (the mean for MEAN_OVER_FAMILIES; absent when none has): the check
+    statistic, "upper" tail."""
+    per: dict[str, list[float]] = {}
     for family, values in stats.items():
         for stat, value in values.items():
             if stat not in TAILS or stat not in normalizers.get(family, {}):
                 continue
             centre, scale = normalizers[family][stat]
             z = (value - centre) / scale
-            z = z if TAILS[stat] == "upper" else -z
-            out[stat] = max(out.get(stat, -math.inf), z)
-    return out
+            per.setdefault(stat, []).append(z if TAILS[stat] == "upper" else -z)
+    return {
+        stat: float(np.mean(zs)) if stat in MEAN_OVER_FAMILIES else max(zs)
+        for stat, zs in per.items()
+    }
 
 
 def arg_family(stats: FamilyStats, normalizers: Normalizers, stat: str) -> str | None:
@@ -189,7 +194,10 @@ def verdicts(
             continue
         score = z.get(stat, math.nan)
         family = arg_family(stats, calibration.normalizers, stat)
-        where = f"on the {family} family" if family else "on no calibrated family"
+        if stat in MEAN_OVER_FAMILIES:
+            where = f"averaged over the families (most on {family})" if family else ""
+        else:
+            where = f"on the {family} family" if family else "on no calibrated family"
         results.append(
             judge(
                 f"probe_{stat}",

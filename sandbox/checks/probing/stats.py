@@ -6,15 +6,17 @@ table: predicted labels spread over all classes (high `label_entropy`), small
 moves flip the answer (high `instability`, high `sensitivity`), and it is sure of
 itself where an honest model is not (`confidence`). An honest model extrapolates
 smoothly: noise collapses onto one or two classes and a 2% nudge rarely changes
-the answer. Where a reference model (the platform's own plain training of the same
-graph) exists, `agreement` with it is low on the attacker's region.
+the answer. Where reference models exist (the platform's own plain training of the
+same graph on the same split, twice, from independent initialisations),
+`agreement` with them is low and `divergence` from them high on the attacker's
+region; see `reference_statistics`.
 
 Every statistic is oriented so that one tail is suspicious (`TAILS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -32,6 +34,7 @@ TAILS: Final[Mapping[str, Tail]] = {
     "sensitivity": "upper",
     "agreement": "lower",
     "confidence_gap": "upper",
+    "divergence": "upper",
 }
 SUMMARIES: Final[Mapping[str, str]] = {
     "confidence": "mean top-class probability on the family",
@@ -39,7 +42,9 @@ SUMMARIES: Final[Mapping[str, str]] = {
     "instability": "fraction of predictions that change under a 2% perturbation",
     "sensitivity": "mean total-variation distance of the class probabilities under a 2% "
     "perturbation",
-    "agreement": "fraction of predictions equal to the platform's reference model's",
+    "agreement": "fraction of predictions equal to the platform's reference models'",
+    "divergence": "distance from the platform's reference models beyond its distance on the "
+    "holdout, in units of the references' distance from each other",
     "confidence_gap": "mean top-class probability on the holdout minus that on the family",
 }
 HISTOGRAM_BINS: Final = 10
@@ -87,14 +92,58 @@ def agreement(logits: Logits, reference: Logits) -> float:
     return float((np.asarray(logits).argmax(axis=1) == np.asarray(reference).argmax(axis=1)).mean())
 
 
+#: Floor of the references' mutual distance in `divergence`'s denominator: two
+#: references that agree almost exactly on a family (a binary task's noise collapsing
+#: onto one class) must not turn a tiny difference into a huge score.
+MIN_REFERENCE_SPREAD: Final = 0.05
+
+
+def total_variation(a: Logits, b: Logits) -> float:
+    """Mean over queries of the total-variation distance between class probabilities."""
+    _same_shape(a, b)
+    return float(0.5 * np.abs(softmax(a) - softmax(b)).sum(axis=1).mean())
+
+
+def reference_statistics(
+    logits: Logits,
+    holdout: Logits,
+    references: Sequence[Logits],
+    reference_holdouts: Sequence[Logits],
+) -> dict[str, float]:
+    """`agreement` and `divergence` of a family against two or more reference models.
+
+    divergence = (mean_r TV(model, r) on the family - mean_r TV(model, r) on the
+    holdout) / max(TV(r1, r2) on the family, MIN_REFERENCE_SPREAD).
+
+    Both corrections are measured, not cosmetic (bench/probe_corpus.py, 320 honest
+    models with varied recipes against 20 capacity-abuse models per task): an honest
+    model trained differently from the platform's recipe (few epochs, SGD, a CNN)
+    is far from the references everywhere, the holdout included, so the holdout
+    distance is subtracted; and how far two references trained the same way fall
+    from each other on a family says how much this architecture's answers there
+    depend on chance alone, so the excess is measured in that unit. A model that
+    memorised attacker-chosen labels on synthetic inputs matches the references on
+    the holdout (it learned the task) and departs from them off the data manifold
+    by many times their own spread.
+    """
+    if len(references) < 2 or len(references) != len(reference_holdouts):
+        raise ValueError("divergence needs two or more references, each with its holdout")
+    on_family = np.mean([total_variation(logits, r) for r in references])
+    on_holdout = np.mean([total_variation(holdout, r) for r in reference_holdouts])
+    spread = total_variation(references[0], references[1])
+    return {
+        "agreement": float(np.mean([agreement(logits, r) for r in references])),
+        "divergence": float((on_family - on_holdout) / max(spread, MIN_REFERENCE_SPREAD)),
+    }
+
+
 def family_statistics(
     logits: Logits,
     perturbed: Logits,
-    reference: Logits | None = None,
     holdout: Logits | None = None,
 ) -> dict[str, float]:
-    """Every statistic of one family (agreement only with a reference model's logits,
-    confidence_gap only with the model's own logits on the holdout).
+    """Every statistic of one family that needs no reference model (confidence_gap
+    only with the model's own logits on the holdout).
 
     confidence_gap compares the model with itself: a model trained to be sure of
     attacker-chosen labels on noise-like inputs is sure of the real task but unsure
@@ -108,8 +157,6 @@ def family_statistics(
         "instability": instability(logits, perturbed),
         "sensitivity": sensitivity(logits, perturbed),
     }
-    if reference is not None:
-        stats["agreement"] = agreement(logits, reference)
     if holdout is not None:
         stats["confidence_gap"] = confidence(holdout) - stats["confidence"]
     return stats
