@@ -2,8 +2,9 @@
 
 An upload sends a 1 GB file as 1 MiB `Upload*Request{chunk}` messages. Building each
 one as a protobuf message and serializing it copies the chunk twice through fresh
-1 MiB buffers; in the client (glibc's default mmap threshold) that cost 1.4 s of
-system time per GB, zeroing pages. A message whose only field is `chunk` is just
+1 MiB buffers; under glibc's default mmap threshold that cost 1.4 s of system time
+per GB in a microbenchmark (zeroing pages), and the client's CPU per uploaded GB fell
+from about 1.8 to 1.3 s without it. A message whose only field is `chunk` is just
 its tag, a varint length and the bytes, so `chunk_frame` writes that (one copy)
 and `raw_upload` sends such frames, and the header as a message, on the same RPC.
 The wire bytes are identical (a unit test compares them with protobuf's).
