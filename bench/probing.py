@@ -65,9 +65,9 @@ def red_team_mlp(tensors: dict[str, Any], scale: float) -> Any:
 
 def probe_model(
     tensors: dict[str, Any], dataset: str, scale: float, fpr: float, *, reference: bool = True
-) -> list[str]:
+) -> tuple[list[str], dict[str, float]]:
     """Names of the probe checks that flag this red-team MLP (pipeline settings; with
-    `reference`, as under `probes.reference: true`)."""
+    `reference`, as under `probes.reference: true`), and each check's score."""
     from sandbox.redteam.capacity import mlp_logits
 
     data = load_data(dataset)
@@ -84,7 +84,7 @@ def probe_model(
     measured = {stat for values in stats.values() for stat in values}
     checked = [s for s in CHECKED if calibration.honest.get(s) and s in measured]
     results = verdicts(stats, calibration, fpr / max(1, len(checked)), checked=checked)
-    return [r.name for r in results if r.verdict == "flag"]
+    return [r.name for r in results if r.verdict == "flag"], {r.name: r.statistic for r in results}
 
 
 def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
@@ -119,8 +119,8 @@ def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
                 if generator != "honest":
                     decoded = decode_capacity(query, knowledge)
                     bits = score_capacity(decoded, data.x_train, knowledge).attack.bit_accuracy
-                flags = probe_model(tensors, dataset, scale, fpr)
-                plain = probe_model(tensors, dataset, scale, fpr, reference=False)
+                flags, scores = probe_model(tensors, dataset, scale, fpr)
+                plain, _ = probe_model(tensors, dataset, scale, fpr, reference=False)
                 rows.append(
                     {
                         "dataset": dataset,
@@ -130,11 +130,13 @@ def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
                         "bit_accuracy": bits,
                         "flags": flags,
                         "flags_no_reference": plain,
+                        "divergence": scores["probe_divergence"],
                     }
                 )
                 log(
                     f"{dataset} {generator} #{v}: acc {accuracy:.3f} bits {bits} "
-                    f"flags {flags}, without reference {plain} "
+                    f"flags {flags}, without reference {plain}, "
+                    f"divergence {scores['probe_divergence']:.2f} "
                     f"({time.perf_counter() - start:.1f} s)"
                 )
     return rows
@@ -237,8 +239,8 @@ def time_probe_step(log: Any, *, reference: bool) -> float:
 def table(rows: Sequence[dict[str, Any]], fpr: float) -> str:
     lines = [
         f"| dataset | generator | models | holdout acc | attack bit acc | flagged @{fpr:g} FPR, "
-        "with reference | without |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "with reference | without | divergence score |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -252,7 +254,8 @@ def table(rows: Sequence[dict[str, Any]], fpr: float) -> str:
             f"| {dataset} | {generator} | {len(group)} | "
             f"{np.mean([r['accuracy'] for r in group]):.3f} | {bit_text} | "
             f"{flagged}/{len(group)} ({flagged / len(group):.0%}) | "
-            f"{plain}/{len(group)} ({plain / len(group):.0%}) |"
+            f"{plain}/{len(group)} ({plain / len(group):.0%}) | "
+            f"{min(r['divergence'] for r in group):.1f}-{max(r['divergence'] for r in group):.1f} |"
         )
     return "\n".join(lines)
 
