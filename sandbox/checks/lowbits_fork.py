@@ -10,7 +10,8 @@ tensor is cut in two (its two pieces are joined with `Counts.then`).
 
 The child runs nothing but numpy counting on arrays the parent already holds and
 leaves with `os._exit`, so it never runs the parent's threads, handlers or atexit
-code. If it fails in any way (killed, short output, non-zero exit) the parent counts
+code. If it fails in any way (killed, short output, non-zero exit, no answer within
+`CHILD_TIMEOUT_SECONDS`) the parent counts
 the child's half itself: the result never depends on the child succeeding, only
 the time does. A fork with 1 GB resident costs about 4 ms (fork, exit and wait,
 measured on the 2-core VM), against about 25 ms of counting for 32 MiB of F32, so
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -37,6 +40,12 @@ from sandbox.checks.lowbits_counts import (
     empty_counts,
     encode,
 )
+
+#: A child that has not answered by then is killed and its half counted here: the fork
+#: happens in a process that may run other threads (the gRPC server), and a lock one of
+#: them held at fork time would otherwise hang the job. Counting half of a 1 GB model
+#: takes about 1 s of CPU.
+CHILD_TIMEOUT_SECONDS: Final = 60.0
 
 #: Below this many values (32 MiB of F32) the fork is not worth it.
 PARALLEL_MIN_VALUES: Final = 1 << 23
@@ -122,10 +131,12 @@ class _Child:
         if self.pid is None:
             return _count_pieces(arrays, self.pieces)
         try:
-            data = _read_all(self.read_fd)
-        finally:
-            os.close(self.read_fd)
-            _, status = os.waitpid(self.pid, 0)
+            data = _read_all(self.read_fd, time.monotonic() + CHILD_TIMEOUT_SECONDS)
+        except TimeoutError:  # e.g. a lock some other parent thread held at fork time
+            self.kill()
+            return _count_pieces(arrays, self.pieces)
+        os.close(self.read_fd)
+        _, status = os.waitpid(self.pid, 0)
         records = np.frombuffer(data, dtype=np.int64)
         if status != 0 or records.size != RECORD * len(self.pieces):
             return _count_pieces(arrays, self.pieces)
@@ -177,8 +188,14 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[written:]
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+def _read_all(fd: int, deadline: float) -> bytes:
+    """Everything until EOF; TimeoutError when the child has not finished by `deadline`."""
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError("the counting child did not finish")
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)

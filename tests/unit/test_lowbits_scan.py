@@ -11,6 +11,7 @@ between a forked child and the parent, including when the child fails.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -160,6 +161,24 @@ def test_a_failing_child_is_replaced_by_counting_here(monkeypatch: pytest.Monkey
     monkeypatch.setattr(fork_mod, "encode", broken)
     model = _model()
     got = scan_tensors(model, workers=2)
+    for name, w in model.items():
+        _assert_same(got[name], reference_low_bits_stats(w))
+
+
+def test_a_hung_child_is_killed_and_its_half_counted_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a fork in a threaded server can leave the child waiting on a lock forever
+    def hang(tag: int, counts: object) -> np.ndarray:
+        time.sleep(3600)  # encode runs only in the child
+        raise AssertionError
+
+    monkeypatch.setattr(fork_mod, "encode", hang)
+    monkeypatch.setattr(fork_mod, "CHILD_TIMEOUT_SECONDS", 0.5)
+    model = _model()
+    started = time.monotonic()
+    got = scan_tensors(model, workers=2)
+    assert time.monotonic() - started < 60
     for name, w in model.items():
         _assert_same(got[name], reference_low_bits_stats(w))
 
