@@ -201,9 +201,16 @@ def _pipeline(
         with ctx.timed("checks", "weight checks and the low-bit sanitizer"):
             checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train)
         if ctx.policy.probes.enabled:
+            # one query container answers the probes and, when planted, the canaries
+            also = {} if canaries is None else {membership_step.QUERY: canaries.x}
             with ctx.timed("probe", "probing the model with out-of-distribution queries"):
-                checks = (*checks, *probe_step.probe(ctx, train, test))
-        if canaries is not None:
+                probed, answers = probe_step.probe_and_answer(ctx, train, test, also)
+                checks = (*checks, *probed)
+            if canaries is not None:
+                with ctx.timed("membership", "auditing membership of the planted canaries"):
+                    logits = answers[membership_step.QUERY]
+                    checks = (*checks, membership_step.audit(ctx, canaries, logits))
+        elif canaries is not None:
             with ctx.timed("membership", "auditing membership of the planted canaries"):
                 checks = (*checks, membership_step.audit(ctx, canaries))
         names = ["candidate"]

@@ -31,6 +31,7 @@ from sandbox.pipeline.query import query_models
 from sandbox.policy.decide import CheckOutcome
 
 STEP = "membership"
+QUERY = "canaries"  # the canaries' query set, in whichever container answers it
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,12 +76,22 @@ def plant(
     return visible, canaries
 
 
-def audit(ctx: JobContext, canaries: PlantedCanaries) -> CheckOutcome:
-    """Score the candidate's membership of every canary; record and judge it."""
+def audit(
+    ctx: JobContext,
+    canaries: PlantedCanaries,
+    logits: npt.NDArray[np.float32] | None = None,
+) -> CheckOutcome:
+    """Score the candidate's membership of every canary; record and judge it.
+
+    `logits` are the candidate's answers on `canaries.x` when another step already
+    asked for them (the probe container answers them when probing is on); otherwise
+    a query container of its own computes them.
+    """
     rules = ctx.policy.membership
-    logits = query_models(ctx, ["candidate"], {"canaries": canaries.x}, STEP)
+    if logits is None:
+        logits = query_models(ctx, ["candidate"], {QUERY: canaries.x}, STEP)["candidate"][QUERY]
     try:
-        scores = loss_score(logits["candidate"]["canaries"], canaries.y)
+        scores = loss_score(logits, canaries.y)
     except ValueError as error:  # e.g. fewer outputs than the dataset has classes
         reason = f"{STEP}: the candidate's logits do not fit the labels ({error})"
         raise StepFailed(reason) from None

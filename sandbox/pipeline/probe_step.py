@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -64,12 +65,29 @@ def probe(
     `seed` is for tests and benchmarks only: the pipeline leaves it None and the
     queries come from the OS CSPRNG.
     """
+    return probe_and_answer(ctx, train, test, {}, name, seed=seed)[0]
+
+
+def probe_and_answer(
+    ctx: JobContext,
+    train: Dataset,
+    test: Dataset,
+    also: Mapping[str, npt.NDArray[np.float32]],
+    name: str = "candidate",
+    *,
+    seed: int | None = None,
+) -> tuple[tuple[CheckOutcome, ...], dict[str, npt.NDArray[np.float32]]]:
+    """`probe`, with the model's logits on the query sets `also` asked in the same
+    container (the membership audit's canaries: one container start less per job)."""
     rules = ctx.policy.probes
     start = time.monotonic()
     seed = secrets.randbits(63) if seed is None else seed
     queries = probe_queries(train, seed, rules.queries_per_family, tuple(rules.families))
     queries["holdout"] = np.ascontiguousarray(test.x, dtype=np.float32)
-    answers = query_models(ctx, [name], queries, "probe", reference=rules.reference)
+    clash = sorted(set(queries) & set(also))
+    if clash:
+        raise ValueError(f"query sets {clash} are the probe's own names")
+    answers = query_models(ctx, [name], {**queries, **also}, "probe", reference=rules.reference)
     logits = answers[name]
     holdout = logits["holdout"]
     stats: dict[str, dict[str, float]] = {
@@ -124,10 +142,11 @@ def probe(
             f"family, this job used {rules.queries_per_family}: the false-positive rate is "
             "approximate"
         )
-    return tuple(
+    outcomes = tuple(
         CheckOutcome(r.name, "flag" if r.verdict == "flag" else "pass", r.explanation)
         for r in results
     )
+    return outcomes, {key: logits[key] for key in also}
 
 
 def _accuracies(

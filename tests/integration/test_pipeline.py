@@ -243,11 +243,11 @@ def test_digits_end_to_end_released(
     report = run(job, EXAMPLE, digits, policy, runtime_image)
 
     assert report["decision"] == "released_sanitized", report["reasons"]
-    # Probing and the membership audit add one query container each where enabled.
+    # Probing and the membership audit share one query container where enabled.
     probing = ["probe"] if policy.probes.enabled else []
-    audit = ["membership"] if policy.membership.enabled else []
-    assert job.runner.steps == [*UP_TO_TRAIN, *probing, *audit, "evaluate"]
-    assert (policy_name == "strict") == bool(probing) == bool(audit)
+    audit = policy.membership.enabled
+    assert job.runner.steps == [*UP_TO_TRAIN, *probing, "evaluate"]
+    assert (policy_name == "strict") == bool(probing) == audit
     assert report["policy"]["name"] == policy_name
     assert isinstance(report["reasons"], list) and report["reasons"]
     assert all(isinstance(r, str) for r in report["reasons"])

@@ -8,7 +8,7 @@ The example digits MLP under the default policy with both turned on:
   platform's two reference models (`probes.reference`); the honest model passes;
 - the audit: canaries are planted from the training split, the excluded half never
   reaches train.npz (the unit tests inspect the file; here the job's own counts must
-  agree), the candidate's logits on all canaries come from a second query container,
+  agree), the candidate's logits on all canaries come from the same query container,
   and the honest model is audited, reported and passed.
 
 The decision is the one the weight checks alone would give. (The strict policy's
@@ -57,7 +57,8 @@ def test_honest_digits_model_is_probed_audited_and_passes(
         job_id=uuid.uuid4().hex,
     )
     assert report.decision == "released_sanitized", report.reasons
-    assert runner.steps == ["export", "describe", "train", "probe", "membership", "evaluate"]
+    # one query container answers the probes and the canaries
+    assert runner.steps == ["export", "describe", "train", "probe", "evaluate"]
     on_disk = json.loads((out / "report.json").read_text())
     assert 0.90 <= on_disk["utility"]["candidate_accuracy"] <= 1.0
 
@@ -79,10 +80,11 @@ def test_honest_digits_model_is_probed_audited_and_passes(
         "probe_divergence",
     ]
     assert all(c["verdict"] == "pass" for c in probes["checks"]), probes["checks"]
-    # one query container each (seconds; tens on a loaded 2-core host)
+    # the shared query container (seconds; tens on a loaded 2-core host); the audit
+    # itself is arithmetic on its logits
     assert 0 < on_disk["timings"]["probe"] < policy.limits.wall_seconds
     assert probes["seconds"] <= on_disk["timings"]["probe"]
-    assert 0 < on_disk["timings"]["membership"] < policy.limits.wall_seconds
+    assert 0 <= on_disk["timings"]["membership"] < 5
 
     audit = on_disk["membership"]
     assert audit["canaries"] == 200 and audit["score"] == "loss"

@@ -157,3 +157,26 @@ def test_reference_names_are_reserved(ctx) -> None:  # noqa: F811
 
     with pytest.raises(ValueError, match="reserved"):
         query_models(ctx, ["reference1"], {"q": np.zeros((1, 2, 3), np.float32)}, "probe")
+
+
+def test_the_probe_container_also_answers_the_canaries(ctx) -> None:  # noqa: F811
+    from sandbox.pipeline.dataset import Dataset
+    from sandbox.pipeline.probe_step import probe_and_answer
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 2, 3)).astype(np.float32)
+    data = Dataset(x, (x[:, 0, 0] > 0).astype(np.int64), 3, (2, 3))
+    canaries = rng.normal(size=(9, 2, 3)).astype(np.float32)
+    outcomes, answers = probe_and_answer(ctx, data, data, {"canaries": canaries}, seed=5)
+    assert outcomes and set(answers) == {"canaries"}
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    )
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(ctx.workspace.path / "work" / "candidate.safetensors")))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(canaries)).numpy()
+    np.testing.assert_allclose(answers["canaries"], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="probe's own"):
+        probe_and_answer(ctx, data, data, {"holdout": canaries}, seed=5)
