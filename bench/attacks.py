@@ -20,8 +20,10 @@ Markdown on stdout, progress on stderr.
     python -m bench.attacks [--dataset digits|breast_cancer|all] [--seeds 2] [--epochs 30]
                             [--jobs 2] [--quick] [--json] [--throughput-mb 256]
 
-The checks' thresholds are the shipped calibration's, pooled over the honest corpus's
-digits and breast_cancer models (calibration.json has no per-dataset thresholds).
+The checks' thresholds are the shipped calibration's for the model's calibration
+group, as the pipeline picks it: the honest corpus's models with the dataset's
+number of classes (10: digits, 2: breast_cancer) when the model's size lies within
+that group's range, else the pooled corpus.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def run_one(job: Job) -> Row:
         path = run_train(Path(tmp) / "pkg", data.x_train, data.y_train, Path(tmp))
         tensors = load_weights(path)
     scale = float(knowledge.params["input_scale"])
-    results = run_checks(tensors, data.x_train, fpr=fpr)
+    results = run_checks(tensors, data.x_train, fpr=fpr, num_classes=data.num_classes)
     clean = sanitize_arrays(tensors)
     before = score(decode(tensors, knowledge), data.x_train, knowledge)
     after = score(decode(clean, knowledge), data.x_train, knowledge)
@@ -78,6 +80,7 @@ def run_one(job: Job) -> Row:
         "accuracy": mlp_accuracy(tensors, data.x_holdout, data.y_holdout, scale),
         "sanitized_accuracy": mlp_accuracy(clean, data.x_holdout, data.y_holdout, scale),
         "flagged": [r.name for r in results if r.verdict == "flag"],
+        "calibration_group": results[0].details.get("calibration_group") if results else None,
         "statistics": {r.name: r.statistic for r in results},
         "before": before.to_dict(),
         "after": after.to_dict(),
@@ -142,6 +145,9 @@ def summarise(rows: Sequence[Row]) -> list[Row]:
                 "strength": strength,
                 "runs": len(group),
                 "detection_rate": sum(1 for r in group if r["flagged"]) / len(group),
+                "calibration_group": ", ".join(
+                    sorted({str(r.get("calibration_group") or "all") for r in group})
+                ),
                 "flagged_by": {k: v / len(group) for k, v in sorted(counts.items())},
                 "accuracy": _mean([r["accuracy"] for r in group]),
                 "honest_accuracy": honest,
@@ -175,6 +181,7 @@ def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
         "dataset",
         "strength",
         "runs",
+        "thresholds",
         "detected",
         "flagged by",
         "acc",
@@ -195,6 +202,7 @@ def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
                 s["dataset"],
                 _fmt(s["strength"], "g"),
                 str(s["runs"]),
+                str(s.get("calibration_group", "all")),
                 f"{s['detection_rate']:.0%}",
                 flagged,
                 _fmt(s["accuracy"], ".4f"),

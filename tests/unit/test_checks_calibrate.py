@@ -67,3 +67,23 @@ def test_default_sanitize_bits_are_the_measured_ones() -> None:
         assert DEFAULT_BITS[dtype] == sweep[dtype]["recommended_bits"], dtype
         row = sweep[dtype]["by_bits"][str(DEFAULT_BITS[dtype])]
         assert row["mean_drop_points"] <= sweep[dtype]["max_mean_drop_points"]
+
+
+def test_shipped_calibration_has_class_groups_with_their_own_thresholds() -> None:
+    document = load_calibration()
+    groups = document["groups"]
+    assert set(groups) == {"classes=2", "classes=10"}
+    assert sum(g["models"] for g in groups.values()) == document["corpus"]["models"]
+    for key, group in groups.items():
+        assert set(group["checks"]) == set(CHECKS), key
+        low, high = group["parameters"]
+        assert 0 < low <= high
+        for name, entry in group["checks"].items():
+            assert len(entry["honest"]) == group["models"]
+            threshold = entry["thresholds"]["0.01"]
+            assert math.isclose(shipped_thresholds(0.01, key)[name], threshold, abs_tol=1e-5)
+        assert set(group["holdout_fpr"]) == {*CHECKS, "any"}
+    assert set(document["holdout_fpr_routed"]) == {*CHECKS, "any"}
+    # the reason for the groups: digits models set the pooled low-bit tail
+    two = groups["classes=2"]["checks"]["lowbit_patterned"]["thresholds"]["0.01"]
+    assert two * 10 < document["checks"]["lowbit_patterned"]["thresholds"]["0.01"]

@@ -115,7 +115,10 @@ def _extract(t: Trained, tensors: dict[str, np.ndarray] | None = None) -> Extrac
 
 
 def _flagged(t: Trained) -> set[str]:
-    return {r.name for r in run_checks(t.tensors, _split()[0], seed=0) if r.verdict == "flag"}
+    """Checks that flag the model at the thresholds the pipeline uses for a 2-class task."""
+    results = run_checks(t.tensors, _split()[0], seed=0, num_classes=2)
+    assert {r.details["calibration_group"] for r in results} == {"classes=2"}
+    return {r.name for r in results if r.verdict == "flag"}
 
 
 def test_the_schema_is_the_attackers_only_knowledge(tmp_path: Path) -> None:
@@ -191,6 +194,19 @@ def test_raw_lsb_shows_in_the_low_bits_and_encrypted_lsb_does_not(run_package: R
     assert _flagged(run_package("honest")) == set()
 
 
+def test_class_group_thresholds_catch_raw_lsb_that_pooled_ones_miss(
+    run_package: RunPackage,
+) -> None:
+    """k=4: 70 q8 records in 4 low bits. The pooled thresholds are set by large digits
+    models and let it through; the 2-class group's, from breast_cancer-sized models, do not."""
+    low = ["lowbit_patterned", "lowbit_serial", "lowbit_uniform"]
+    t = run_package("lsb", k=4)
+    pooled = run_checks(t.tensors, enabled=low)
+    assert {r.details["calibration_group"] for r in pooled} == {"all"}
+    assert not [r.name for r in pooled if r.verdict == "flag"]
+    assert set(low) & _flagged(t)
+
+
 @pytest.mark.parametrize(("lam", "low", "high"), [(0.1, 0.0, 0.35), (3.0, 0.8, 1.0)])
 def test_correlated_value_encoding_decodes_by_strength(
     run_package: RunPackage, lam: float, low: float, high: float
@@ -216,14 +232,15 @@ def test_sign_encoding_decodes_and_survives_the_sanitizer(run_package: RunPackag
     assert after.bit_accuracy == before.bit_accuracy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: data_sign_agreement matches median bits per feature or u8 bytes, not "
-    "q8 bytes of standardised values, and 17 records leave the signs balanced; the README "
-    "row says so. When a check catches it, this fails: update the README table.",
-)
 def test_sign_encoding_is_flagged(run_package: RunPackage) -> None:
-    assert _flagged(run_package("sign"))
+    """The q8 bytes over the attacker's -3..3 match the check's +-3 SD bytes on their
+    high nibble (the split's mean and SD are not exactly 0 and 1)."""
+    t = run_package("sign")
+    assert "data_sign_agreement" in _flagged(t)
+    result = run_checks(
+        t.tensors, _split()[0], seed=0, num_classes=2, enabled=["data_sign_agreement"]
+    )
+    assert next(iter(result[0].details["per_tensor"])).startswith("net.1.weight:q8:")
 
 
 def test_decoders_read_nothing_from_an_honest_model(run_package: RunPackage) -> None:
