@@ -76,6 +76,7 @@ from sandbox.pipeline.local import run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.model import Policy
 from sandbox.redteam.harness import load_weights
+from sandbox.redteam.weight_channels import _Turns
 from sandbox.runner.base import Runner
 
 Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
@@ -453,15 +454,61 @@ def _split(policy: Policy) -> tuple[Dataset, Dataset]:
     )
 
 
+class QueuedTurns(_Turns):
+    """The weight jobs' turns, served first come first served (tickets), so that the
+    membership job can ask after all of them and compute in the last wave.
+
+    Asked first, it took a weight job's early turn and pushed the cheapest weight job
+    into a third wave: 324 s for strict at load 5-9.
+    """
+
+    def __init__(self, parallel: int) -> None:
+        super().__init__(parallel)
+        self._free = parallel
+        self._next = 0  # the next ticket to hand out
+        self._serving = 0  # the ticket whose turn comes next
+        self._changed = threading.Condition()
+
+    def job(self) -> Callable[[], None]:
+        with self._changed:
+            ticket = self._next
+            self._next += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._free > 0 and self._serving == ticket)
+            self._free -= 1
+            self._serving += 1
+            self._changed.notify_all()
+        done = threading.Event()
+
+        def give_up() -> None:
+            with self._changed:
+                if not done.is_set():
+                    done.set()
+                    self._free += 1
+                    self._changed.notify_all()
+
+        return give_up
+
+    def after(self, jobs: int, timeout: float = 60.0) -> None:
+        """Wait until `jobs` jobs have asked for a turn (at most `timeout` seconds: a job
+        that failed before asking must not hold this one up for ever)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._next >= jobs, timeout)
+
+
 def run_membership_channel(
     policy: Policy,
     runner: Runner,
     image: str,
     root: Path,
     *,
+    turns: _Turns | None = None,
     say: Callable[[str], None] = lambda message: None,
 ) -> MembershipResult:
-    """The memorising package through `run_local` against `policy`, and both views of it."""
+    """The memorising package through `run_local` against `policy`, and both views of it.
+
+    With `turns`, the job computes only in its turn and gives it up when it holds.
+    """
     base = root / NAME
     base.mkdir(parents=True)
     dataset = write_digits(base / "digits.npz")
@@ -479,24 +526,30 @@ def run_membership_channel(
                 members.append((np.asarray(data["x"], np.float32), np.asarray(data["y"])))
         if step == "checks" and candidate.is_file():  # gated, not yet checked or released
             captured.update(load_weights(candidate))
+        if step == "hold":
+            give_up()
 
+    give_up = turns.job() if turns else (lambda: None)
     say(f"membership: {NAME} submitted")
     started = time.monotonic()
-    report = run_local(
-        base / "package",
-        dataset,
-        policy,
-        base / "out",
-        runner=runner,
-        image=image,
-        work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
-        progress=progress,
-        job_id=job_id,
-        signing_key=Ed25519PrivateKey.generate(),
-        audit_path=base / "audit.jsonl",
-        ledger=InMemoryBudgetLedger(),
-        dataset_id="scorecard-digits",
-    )
+    try:
+        report = run_local(
+            base / "package",
+            dataset,
+            policy,
+            base / "out",
+            runner=runner,
+            image=image,
+            work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
+            progress=progress,
+            job_id=job_id,
+            signing_key=Ed25519PrivateKey.generate(),
+            audit_path=base / "audit.jsonl",
+            ledger=InMemoryBudgetLedger(),
+            dataset_id="scorecard-digits",
+        )
+    finally:
+        give_up()
     seconds = time.monotonic() - started
     train, holdout = _split(policy)
     # members: what train.py was given; if that was not seen, the whole training split
@@ -522,10 +575,15 @@ def start_membership_channel(
     image: str,
     *,
     progress: Callable[[str], None] | None = None,
+    turns: QueuedTurns | None = None,
+    behind: int = 0,
 ) -> Callable[[], MembershipResult]:
     """Start the membership job in the background; the returned call waits for it.
 
-    Started beside the weight jobs, its fixed-release-time hold overlaps theirs.
+    Started beside the weight jobs, its fixed-release-time hold overlaps theirs; with
+    their `turns` it computes only in a turn of theirs, asked for after `behind` jobs
+    asked for theirs (a fifth job computing at once made every strict job miss its
+    120 s release time on the 2-core box).
     """
     say = progress or (lambda message: None)
     tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-membership-")
@@ -534,7 +592,11 @@ def start_membership_channel(
 
     def job() -> None:
         try:
-            result.append(run_membership_channel(policy, runner, image, Path(tmp.name), say=say))
+            if turns is not None:
+                turns.after(behind)
+            root = Path(tmp.name)
+            done = run_membership_channel(policy, runner, image, root, turns=turns, say=say)
+            result.append(done)
         except BaseException as error:  # re-raised by wait() in the caller's thread
             failure.append(error)
 

@@ -334,13 +334,20 @@ def run_scorecard(
     the isolation probes."""
     say = progress or (lambda message: None)
     entries: list[Entry] = []
+    # every job takes turns, two computing at a time; the membership job goes last
+    turns = membership_channel.QueuedTurns(2)
+    behind = len(weight_channels.channels_for(budget))
     finish_weights = (
-        weight_channels.start_weight_channels(policy, runner, image, budget=budget, progress=say)
+        weight_channels.start_weight_channels(
+            policy, runner, image, budget=budget, progress=say, turns=turns
+        )
         if weights
         else None
     )
     finish_membership = (
-        membership_channel.start_membership_channel(policy, runner, image, progress=say)
+        membership_channel.start_membership_channel(
+            policy, runner, image, progress=say, turns=turns, behind=behind
+        )
         if weights
         else None
     )

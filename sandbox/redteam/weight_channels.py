@@ -443,16 +443,18 @@ def start_weight_channels(
     parallel: int = 2,
     channels: Sequence[WeightChannel] | None = None,
     progress: Callable[[str], None] | None = None,
+    turns: _Turns | None = None,
 ) -> Callable[[], list[WeightResult]]:
     """Start the budget's weight attacks in the background; the returned call waits.
 
     Starting first lets a caller run other scorecard probes while the jobs hold
-    until the policy's fixed release time.
+    until the policy's fixed release time. `turns` (default: `parallel` of them)
+    can be shared with the caller's other jobs (the scorecard's membership job).
     """
     say = progress or (lambda message: None)
     tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-weights-")
     root = Path(tmp.name)
-    turns = _Turns(parallel)
+    turns = turns or _Turns(parallel)
     if channels is None:
         channels = channels_for(budget)
     pool = ThreadPoolExecutor(max_workers=len(channels), thread_name_prefix="weights")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from sandbox.policy.load import load_policy
 from sandbox.redteam.membership_channel import (
     FEATURES,
     Inference,
+    QueuedTurns,
     classify,
     dp_advantage_bound,
     evidence,
@@ -194,3 +197,40 @@ def test_numpy_forward_is_the_packages_model(tmp_path: Path) -> None:
     tensors = {k: v.numpy() for k, v in model.state_dict().items()}
     assert tensors["features.weight"].shape == (FEATURES, 64)
     np.testing.assert_allclose(logits(tensors, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_membership_job_asks_for_its_turn_after_the_weight_jobs() -> None:
+    turns = QueuedTurns(2)
+    order: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def job(name: str, behind: int = 0) -> None:
+        if behind:
+            turns.after(behind)
+        give_up = turns.job()
+        with lock:
+            order.append(name)
+        release.wait(5)
+        give_up()
+
+    threads = [threading.Thread(target=job, args=("membership", 4))]
+    threads[0].start()  # started first, it still waits for the four to ask
+    threads += [threading.Thread(target=job, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.3)
+    assert len(order) == 2 and "membership" not in order  # two at a time
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert order[-1] == "membership", order
+    assert len(order) == 5
+
+
+def test_a_missing_job_delays_the_membership_turn_only_until_the_timeout() -> None:
+    turns = QueuedTurns(2)
+    started = time.monotonic()
+    turns.after(1, timeout=0.2)  # nobody asks
+    assert 0.15 <= time.monotonic() - started < 2.0
+    turns.job()()  # and a turn is still free
