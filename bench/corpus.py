@@ -13,6 +13,9 @@ From the corpus it derives, and writes to `sandbox/checks/calibration.json`:
   false-positive rate (1% by default) and the full per-FPR table;
 - the false-positive rate of each check measured on a held-out half of the corpus
   (calibrate on one half, count flags on the other, both ways);
+- the same per calibration group (the models of each number of classes, with the
+  range of parameter counts they span), and the held-out rates with every model
+  judged by the group `sandbox.checks.calibrate.choose_group` picks for it;
 - the sanitizer sweep: for k = 8..20 low F32 mantissa bits (and every k for F16,
   BF16), the holdout-accuracy change of each model after sanitising, and the
   default k (the largest with a mean change within 0.1 percentage point).
