@@ -37,7 +37,7 @@ import numpy as np
 
 from bench.corpus import load_data
 from bench.probe_corpus import probe_queries, reference_logits, statistics_from_logits
-from sandbox.checks.probing.calibrate import CHECKED, load_shipped, verdicts
+from sandbox.checks.probing.calibrate import checks_for, load_shipped, verdicts
 
 
 def red_team_mlp(tensors: dict[str, Any], scale: float) -> Any:
@@ -64,7 +64,13 @@ def red_team_mlp(tensors: dict[str, Any], scale: float) -> Any:
 
 
 def probe_model(
-    tensors: dict[str, Any], dataset: str, scale: float, fpr: float, *, reference: bool = True
+    tensors: dict[str, Any],
+    dataset: str,
+    scale: float,
+    fpr: float,
+    *,
+    reference: bool = True,
+    declared: dict[str, Any] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Names of the probe checks that flag this red-team MLP (pipeline settings; with
     `reference`, as under `probes.reference: true`), and each check's score."""
@@ -76,13 +82,15 @@ def probe_model(
     queries = probe_queries(data.x_train, secrets.randbits(63), n) | {"holdout": data.x_holdout}
     logits = {k: mlp_logits(tensors, x, scale).astype(np.float32) for k, x in queries.items()}
     references = (
-        reference_logits(red_team_mlp(tensors, scale), data.x_train, data.y_train, queries)
+        reference_logits(
+            red_team_mlp(tensors, scale), data.x_train, data.y_train, queries, declared
+        )
         if reference
         else []
     )
     stats = statistics_from_logits(logits, references)
     measured = {stat for values in stats.values() for stat in values}
-    checked = [s for s in CHECKED if calibration.honest.get(s) and s in measured]
+    checked = [s for s in checks_for(reference) if calibration.honest.get(s) and s in measured]
     results = verdicts(stats, calibration, fpr / max(1, len(checked)), checked=checked)
     return [r.name for r in results if r.verdict == "flag"], {r.name: r.statistic for r in results}
 
@@ -119,7 +127,9 @@ def run_variants(variants: int, fpr: float, log: Any) -> list[dict[str, Any]]:
                 if generator != "honest":
                     decoded = decode_capacity(query, knowledge)
                     bits = score_capacity(decoded, data.x_train, knowledge).attack.bit_accuracy
-                flags, scores = probe_model(tensors, dataset, scale, fpr)
+                # the package declares (algorithm.toml) the recipe its train.py uses
+                declared = {k: knowledge.params[k] for k in ("epochs", "batch_size", "lr")}
+                flags, scores = probe_model(tensors, dataset, scale, fpr, declared=declared)
                 plain, _ = probe_model(tensors, dataset, scale, fpr, reference=False)
                 rows.append(
                     {
@@ -199,7 +209,13 @@ def export_into(work: Path, module: Any, input_shape: tuple[int, ...]) -> None:
 
 
 def run_probe_step(
-    module: Any, dataset: str, root: Path, *, seed: int | None = None, **rules: Any
+    module: Any,
+    dataset: str,
+    root: Path,
+    *,
+    seed: int | None = None,
+    declared: dict[str, Any] | None = None,
+    **rules: Any,
 ) -> tuple[Any, Any]:
     """The pipeline's probe step on `module` with the process runner: (outcomes, report)."""
     from sandbox.pipeline.context import JobContext
@@ -223,7 +239,7 @@ def run_probe_step(
         ctx = JobContext(
             "probe-bench", policy, ProcessRunner(), "none", ws, report, lambda s, m: None
         )
-        outcomes = probe(ctx, train, test, seed=seed)
+        outcomes = probe(ctx, train, test, seed=seed, declared=declared)
     return outcomes, report
 
 

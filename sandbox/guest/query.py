@@ -10,8 +10,9 @@ use it; the host validates every array's shape and values.
 
 With `--reference` first on the command line, it also trains the platform's two
 reference models (`sandbox.guest.reference_train`: the same graph, the platform's
-initialisation and plain recipe, on `/train/train.npz`) and answers every query
-set for them too, under the names `reference1` and `reference2`.
+initialisation and plain recipe from `/data/reference.json`, on `/train/train.npz`)
+and answers every query set for them too, under the names `reference1` and
+`reference2`.
 """
 
 import json
@@ -62,10 +63,14 @@ def _load_trainable(path: str) -> tuple[torch.export.ExportedProgram, torch.nn.M
 
 
 def _train_reference(
-    program: torch.export.ExportedProgram, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+    program: torch.export.ExportedProgram,
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: reference_train.Recipe,
 ) -> Any:
     try:
-        trained = reference_train.train_on_program(program, module, x, y)
+        trained = reference_train.train_on_program(program, module, x, y, recipe)
     except DPRefused as refused:
         _refuse(refused.violations)
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
@@ -73,8 +78,8 @@ def _train_reference(
             protocol.EXIT_INVALID,
             f"reference training failed: {type(error).__name__}: {str(error)[:300]}",
         )
-    recipe = json.dumps(reference_train.RECIPE.to_json(), sort_keys=True)
-    print(f"reference model: {trained.steps} steps in {trained.seconds:.1f} s, recipe {recipe}")
+    said = json.dumps(recipe.to_json(), sort_keys=True)
+    print(f"reference model: {trained.steps} steps in {trained.seconds:.1f} s, recipe {said}")
     return trained.params
 
 
@@ -94,11 +99,17 @@ def main() -> None:
     weights = {name: load_file(str(protocol.WORK / f"{name}.safetensors")) for name in names}
     if with_reference:
         program, trainable = _load_trainable(path)
+        try:
+            recipe = reference_train.Recipe.from_json(
+                (protocol.DATA / "reference.json").read_bytes()
+            )
+        except (OSError, ValueError, DPRefused) as error:
+            _refuse([f"no valid reference recipe: {error}"])
         with np.load(str(protocol.TRAIN / "train.npz"), allow_pickle=False) as data:
             x_train = torch.from_numpy(np.ascontiguousarray(data["x"], dtype=np.float32))
             y_train = torch.from_numpy(np.ascontiguousarray(data["y"], dtype=np.int64))
         for reference in reference_train.REFERENCES:
-            weights[reference] = _train_reference(program, trainable, x_train, y_train)
+            weights[reference] = _train_reference(program, trainable, x_train, y_train, recipe)
     else:
         program = load_checked(path)
     results: dict[str, Any] = {}  # np.savez's stubs want Any for **arrays

@@ -10,9 +10,10 @@ off the data manifold in broadly similar ways; a model that memorised
 attacker-chosen labels on synthetic inputs answers noise-like queries in ways the
 reference does not, whatever the attacker's input generator was.
 
-The recipe is fixed in code, not in a policy: the thresholds are calibrated on the
-honest corpus with exactly this recipe (`bench/probe_corpus.py` calls `train` on
-each corpus model's architecture), and a different recipe would void them.
+The recipe is Adam with the algorithm's declared epochs, batch size and learning
+rate, clipped into fixed bounds (`Recipe.declared`); the thresholds are calibrated on
+the honest corpus with exactly this rule (`bench/probe_corpus.py` calls `train` on
+each corpus model's architecture with its own hyperparameters).
 
 `train` is a plain function (importable and tested on the host); the container
 entry is `sandbox.guest.query --reference`, which trains the references and then
@@ -21,6 +22,8 @@ answers queries for them beside the candidate in one container.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -44,17 +47,66 @@ from sandbox.guest.dp_train import (
 REFERENCES = ("reference1", "reference2")
 
 
+#: Bounds of the recipe's values: the algorithm's declared hyperparameters are
+#: clipped into them, so a provider cannot declare a recipe that makes the references
+#: useless (one epoch) or unstable (a huge learning rate, which widens their spread).
+EPOCHS = (5, 60)
+BATCH_SIZE = (16, 512)
+LR = (1e-4, 1e-2)
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """The platform's plain recipe. Changing it voids probing's shipped calibration."""
+    """The reference's plain recipe: Adam on cross-entropy, shuffled mini-batches.
 
-    epochs: int = 20
+    Epochs, batch size and learning rate follow the algorithm's declared
+    `[hyperparameters]` (algorithm.toml, fixed before any data is seen) clipped into
+    the bounds above, so an honest model and its references are trained alike and
+    differ by chance, not by recipe; the defaults stand in for missing values. The
+    shipped calibration was made the same way (bench/probe_corpus.py gives every
+    corpus model its own hyperparameters as its declaration).
+    """
+
+    epochs: int = 30
     batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
+    lr: float = 3e-3
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @staticmethod
+    def declared(
+        epochs: float | None = None, batch_size: float | None = None, lr: float | None = None
+    ) -> Recipe:
+        """The recipe for these declared values (None: the default), clipped into bounds."""
+        default = Recipe()
+
+        def clip(value: float | None, bounds: tuple[float, float], fallback: float) -> float:
+            if value is None or not math.isfinite(value):
+                return fallback
+            return min(max(value, bounds[0]), bounds[1])
+
+        return Recipe(
+            epochs=int(clip(epochs, EPOCHS, default.epochs)),
+            batch_size=int(clip(batch_size, BATCH_SIZE, default.batch_size)),
+            lr=float(clip(lr, LR, default.lr)),
+        )
+
+    @staticmethod
+    def from_json(raw: bytes | str) -> Recipe:
+        """`reference.json`: the declared values (numbers or null) of exactly these three
+        keys, as the host copied them from algorithm.toml; clipped here."""
+        data = json.loads(raw)
+        keys = ("epochs", "batch_size", "lr")
+        if not isinstance(data, dict) or set(data) != set(keys):
+            raise DPRefused(["reference.json must hold exactly epochs, batch_size and lr"])
+        for key in keys:
+            value = data[key]
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise DPRefused([f"reference.json: {key} must be a number or null"])
+        return Recipe.declared(data["epochs"], data["batch_size"], data["lr"])
 
 
 RECIPE = Recipe()

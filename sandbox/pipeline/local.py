@@ -37,6 +37,7 @@ from sandbox.gate import GateViolation
 from sandbox.pipeline import membership_step, probe_step, steps
 from sandbox.pipeline.context import JobContext, Progress, StepFailed
 from sandbox.pipeline.dp_step import Budgeting, dp_retrain
+from sandbox.pipeline.query import REFERENCES
 from sandbox.pipeline.report import Report, write_atomic
 from sandbox.policy.decide import DecisionRules, StepResults, decide, needs_dp
 from sandbox.policy.load import policy_hash
@@ -203,13 +204,25 @@ def _pipeline(
         if ctx.policy.probes.enabled:
             # one query container answers the probes and, when planted, the canaries
             also = {} if canaries is None else {membership_step.QUERY: canaries.x}
+            clean = (ctx.workspace.path / steps.REFERENCE_DATA).is_dir()
             with ctx.timed("probe", "probing the model with out-of-distribution queries"):
-                probed, answers = probe_step.probe_and_answer(ctx, train, test, also)
+                probed, answers = probe_step.probe_and_answer(
+                    ctx,
+                    train,
+                    test,
+                    also,
+                    reference_data=steps.REFERENCE_DATA if clean else "data",
+                    declared=dict(package.hyperparameters),
+                )
                 checks = (*checks, *probed)
             if canaries is not None:
                 with ctx.timed("membership", "auditing membership of the planted canaries"):
-                    logits = answers[membership_step.QUERY]
-                    checks = (*checks, membership_step.audit(ctx, canaries, logits))
+                    q = membership_step.QUERY
+                    references = [answers[r][q] for r in REFERENCES] if clean else []
+                    audit = membership_step.audit(
+                        ctx, canaries, answers["candidate"][q], references
+                    )
+                    checks = (*checks, audit)
         elif canaries is not None:
             with ctx.timed("membership", "auditing membership of the planted canaries"):
                 checks = (*checks, membership_step.audit(ctx, canaries))

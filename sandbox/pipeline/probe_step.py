@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sandbox.checks.probing.calibrate import CHECKED, load_shipped, verdicts
+from sandbox.checks.probing.calibrate import checks_for, load_shipped, verdicts
 from sandbox.checks.probing.families import build_families, input_domain, perturb
 from sandbox.checks.probing.stats import (
     confidence_histogram,
@@ -33,10 +33,11 @@ from sandbox.checks.probing.stats import (
 )
 from sandbox.pipeline.context import JobContext
 from sandbox.pipeline.dataset import Dataset
-from sandbox.pipeline.query import REFERENCES, query_models
+from sandbox.pipeline.query import REFERENCES, Logits, query_models
 from sandbox.policy.decide import CheckOutcome
 
 PERTURBED = "-p"
+DECLARED = ("epochs", "batch_size", "lr")
 
 
 def probe_queries(
@@ -59,13 +60,14 @@ def probe(
     name: str = "candidate",
     *,
     seed: int | None = None,
+    declared: Mapping[str, float | None] | None = None,
 ) -> tuple[CheckOutcome, ...]:
     """Probe work/NAME.safetensors; fill report.probes; return the check outcomes.
 
     `seed` is for tests and benchmarks only: the pipeline leaves it None and the
-    queries come from the OS CSPRNG.
+    queries come from the OS CSPRNG. `declared`: see `probe_and_answer`.
     """
-    return probe_and_answer(ctx, train, test, {}, name, seed=seed)[0]
+    return probe_and_answer(ctx, train, test, {}, name, seed=seed, declared=declared)[0]
 
 
 def probe_and_answer(
@@ -76,9 +78,15 @@ def probe_and_answer(
     name: str = "candidate",
     *,
     seed: int | None = None,
-) -> tuple[tuple[CheckOutcome, ...], dict[str, npt.NDArray[np.float32]]]:
-    """`probe`, with the model's logits on the query sets `also` asked in the same
-    container (the membership audit's canaries: one container start less per job)."""
+    reference_data: str = "data",
+    declared: Mapping[str, float | None] | None = None,
+) -> tuple[tuple[CheckOutcome, ...], Logits]:
+    """`probe`, with the answers on the query sets `also` asked in the same container
+    (the membership audit's canaries: one container start less per job):
+    answers[model][key] for the model and, when references run, each reference.
+    `reference_data` is the workspace directory the references train on; `declared`
+    the algorithm's [hyperparameters] (epochs, batch_size, lr), which set the
+    references' recipe within fixed bounds (sandbox.guest.reference_train.Recipe)."""
     rules = ctx.policy.probes
     start = time.monotonic()
     seed = secrets.randbits(63) if seed is None else seed
@@ -87,7 +95,14 @@ def probe_and_answer(
     clash = sorted(set(queries) & set(also))
     if clash:
         raise ValueError(f"query sets {clash} are the probe's own names")
-    answers = query_models(ctx, [name], {**queries, **also}, "probe", reference=rules.reference)
+    answers = query_models(
+        ctx,
+        [name],
+        {**queries, **also},
+        "probe",
+        reference=dict(declared or {}) if rules.reference else None,
+        reference_data=reference_data,
+    )
     logits = answers[name]
     holdout = logits["holdout"]
     stats: dict[str, dict[str, float]] = {
@@ -104,7 +119,7 @@ def probe_and_answer(
                 [r["holdout"] for r in references],
             )
     calibration = load_shipped(train.num_classes)
-    checked = [s for s in CHECKED if any(s in values for values in stats.values())]
+    checked = [s for s in checks_for(rules.reference) if any(s in v for v in stats.values())]
     results = verdicts(stats, calibration, rules.fpr / max(1, len(checked)), checked=checked)
     entries: list[dict[str, Any]] = [
         {
@@ -119,7 +134,14 @@ def probe_and_answer(
     ctx.report.probes = {
         "queries_per_family": rules.queries_per_family,
         "reference": rules.reference,
-        **({"reference_holdout_accuracy": _accuracies(answers, test)} if rules.reference else {}),
+        **(
+            {
+                "reference_declared": {k: (declared or {}).get(k) for k in DECLARED},
+                "reference_holdout_accuracy": _accuracies(answers, test),
+            }
+            if rules.reference
+            else {}
+        ),
         "families": [
             {
                 "name": family,
@@ -146,7 +168,7 @@ def probe_and_answer(
         CheckOutcome(r.name, "flag" if r.verdict == "flag" else "pass", r.explanation)
         for r in results
     )
-    return outcomes, {key: logits[key] for key in also}
+    return outcomes, {model: {key: out[key] for key in also} for model, out in answers.items()}
 
 
 def _accuracies(

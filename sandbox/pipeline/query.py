@@ -13,6 +13,7 @@ answers for them too, under the reserved names in REFERENCES.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -38,10 +39,13 @@ def query_models(
     queries: Mapping[str, npt.NDArray[np.float32]],
     step: str,
     *,
-    reference: bool = False,
+    reference: Mapping[str, float | None] | None = None,
+    reference_data: str = "data",
 ) -> Logits:
     """logits[name][key]: float32 [len(queries[key]), classes] of work/NAME.safetensors
-    (and of the platform's reference model under `reference` when asked).
+    (and of the platform's reference models when `reference` is given: the
+    algorithm's declared epochs, batch_size and lr, which the guest clips into its
+    bounds; trained on the train.npz in the workspace directory `reference_data`).
 
     Raises StepFailed when the container fails or its output is not exactly the
     logits asked for.
@@ -54,6 +58,10 @@ def query_models(
     with open(data / "queries.npz", "wb") as handle:
         np.savez(handle, **arrays)
     os.chmod(data / "queries.npz", 0o444)
+    if reference is not None:
+        declared = {key: reference.get(key) for key in ("epochs", "batch_size", "lr")}
+        (data / "reference.json").write_text(json.dumps(declared))
+        os.chmod(data / "reference.json", 0o444)
     limit_mb = policy.limits.output_mb
     out = ws.output_dir(step, limit_mb)
     mounts = [
@@ -61,8 +69,8 @@ def query_models(
         BindMount(data, "/data"),
         BindMount(out, "/output", False),
     ]
-    if reference:
-        mounts.append(BindMount(ws.path / "data", "/train"))
+    if reference is not None:
+        mounts.append(BindMount(ws.path / reference_data, "/train"))
     ctx.run(
         containers.guest_spec(
             policy,
@@ -71,13 +79,13 @@ def query_models(
             image=ctx.image,
             module="query",
             mounts=mounts,
-            args=(["--reference"] if reference else []) + list(names),
+            args=(["--reference"] if reference is not None else []) + list(names),
             gpu_device=ctx.gpu_device,
         )
     )
     expect_only(out, {"logits.npz"}, step)
     raw = read_small(out / "logits.npz", limit_mb * MB)
-    return _parse(raw, [*names, *REFERENCES] if reference else names, queries, step)
+    return _parse(raw, [*names, *REFERENCES] if reference is not None else names, queries, step)
 
 
 def _check_request(names: Sequence[str], queries: Mapping[str, npt.NDArray[np.float32]]) -> None:

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from sandbox.checks.step import ChecksSettings, check_and_sanitize
 from sandbox.gate import TensorSpec, gate_output
 from sandbox.pipeline import containers, membership_step
@@ -27,6 +29,10 @@ from sandbox.pipeline.membership_step import PlantedCanaries
 from sandbox.policy.decide import CheckOutcome
 from sandbox.runner.base import BindMount
 
+#: workspace directory of the canary-free training split (probe references, when
+#: canaries are planted); without canaries the references train on data/
+REFERENCE_DATA = "reference-data"
+
 
 def prepare(
     ctx: JobContext, algorithm: Path, dataset: Path, holdout: Path | None
@@ -41,10 +47,21 @@ def prepare(
         train, test = full, load_dataset(holdout, max_bytes=policy.max_dataset_mb * MB)
         check_compatible(test, train)
         source = "file"
-    train, canaries = membership_step.plant(ctx, train)
+    full = train
+    train, canaries = membership_step.plant(ctx, full)
     ws = ctx.workspace
     data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
     write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
+    if canaries is not None and canaries.clean is not None and policy.probes.reference:
+        # the probe's references train on the split without ANY canary, so they can
+        # serve the membership audit's likelihood ratio as well
+        clean = Dataset(
+            np.ascontiguousarray(full.x[canaries.clean]),
+            np.ascontiguousarray(full.y[canaries.clean]),
+            full.num_classes,
+            full.input_shape,
+        )
+        write_npz(clean, ws.tmpfs(REFERENCE_DATA, data_mb) / "train.npz")
     test_mb = test.x.nbytes // MB + test.y.nbytes // MB + 2
     write_npz(test, ws.tmpfs("holdout", test_mb) / "holdout.npz")
     package = unpack_algorithm(algorithm, ws.tmpfs("algorithm", 64) / "pkg")

@@ -300,6 +300,28 @@ def _histogram_of(value: object, title: str, colour: str) -> str | None:
     return svg.histogram(edges, counts, title=title, colour=colour)
 
 
+def _references(probes: Mapping[str, Any]) -> str:
+    """The platform's reference models: their recipe, accuracy, and the candidate's
+    divergence from them per family."""
+    declared = _map(probes.get("reference_declared"))
+    recipe = ", ".join(f"{esc(str(k))} {_cell(v)}" for k, v in declared.items()) or "defaults"
+    accuracy = ", ".join(_cell(a) for a in _seq(probes.get("reference_holdout_accuracy")))
+    rows = "".join(
+        f"<tr><td>{esc(str(_map(f).get('name', '?')))}</td>"
+        f"<td class='num'>{_cell(_map(_map(f).get('statistics')).get('divergence'))}</td>"
+        f"<td class='num'>{_cell(_map(_map(f).get('statistics')).get('agreement'))}</td></tr>"
+        for f in _seq(probes.get("families"))
+    )
+    return (
+        "<p class='meta'>Two reference models of the same graph, trained by the platform on "
+        f"the same split (declared recipe: {recipe}; holdout accuracy {accuracy or '?'}). "
+        "Divergence: how much further the model's answers are from theirs on a family than "
+        "on the holdout, in units of the references' distance from each other.</p>"
+        "<table><tr><th>family</th><th>divergence</th><th>agreement</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def _probes(page: _Page) -> str:
     probes = page.report.get("probes")
     if probes is None:
@@ -328,6 +350,8 @@ def _probes(page: _Page) -> str:
         "model trained to answer secret queries is over-confident on them.</p>",
         "<div class='charts'>" + "".join(charts) + "</div>",
     ]
+    if probes.get("reference") is True:
+        parts.append(_references(probes))
     checks = [_map(c) for c in _seq(probes.get("checks"))]
     if checks:
         parts.append(

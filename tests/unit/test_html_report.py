@@ -236,3 +236,20 @@ def test_report_command_survives_a_broken_report(tmp_path: Path) -> None:
     assert "missing: The report is empty or not a JSON object" in text
     with pytest.raises(Exception, match="does not exist; create it first"):
         commands.report_html(client, "job_2", tmp_path / "no" / "r.html")  # type: ignore[arg-type]
+
+
+def test_reference_models_are_shown_with_each_familys_divergence() -> None:
+    report = copy.deepcopy(full_report())
+    probes = report.setdefault("probes", {"families": [], "checks": []})
+    probes["reference"] = True
+    probes["reference_declared"] = {"epochs": 30, "batch_size": 64, "lr": 0.003}
+    probes["reference_holdout_accuracy"] = [0.955, 0.961]
+    probes["families"] = [
+        {"name": "uniform", "n": 256, "statistics": {"divergence": 7.25, "agreement": 0.12}},
+        {"name": "<script>x</script>", "n": 256, "statistics": {"divergence": 1.5}},
+    ]
+    page = render_page(report, load_calibration())
+    text = visible(page.html)
+    assert "Two reference models" in text and "0.955" in text and "lr 0.003" in text
+    assert "7.25" in text and "0.12" in text
+    assert "<script>x</script>" not in page.html  # escaped like every report string

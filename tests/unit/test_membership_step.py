@@ -173,3 +173,56 @@ def test_audit_flags_a_memoriser_and_passes_a_model_that_ignores_the_data(
     assert len(audit["roc"]["fpr"]) == 101
     report = json.loads(ctx.report.to_json())
     assert report["membership"] == json.loads(json.dumps(audit))
+
+
+def test_the_references_train_on_a_split_without_any_canary(
+    tmp_path: Path, make_ctx: MakeCtx
+) -> None:
+    from sandbox.policy.model import ProbeRules
+
+    data = _dataset(tmp_path / "d.npz")
+    ctx = make_ctx()
+    ctx.policy = ctx.policy.model_copy(update={"probes": ProbeRules(enabled=True, reference=True)})
+    _, train, _, canaries = steps.prepare(ctx, EXAMPLE, data, None)
+    assert canaries is not None
+    clean = _ids(ctx.workspace.path / steps.REFERENCE_DATA / "train.npz")
+    canary_ids = {int(i) for i in canaries.x[:, 0]}
+    assert not clean & canary_ids  # not one canary, included or not
+    # ... and every other training record (the provider's file minus the included canaries)
+    assert clean == {int(i) for i in train.x[:, 0]} - canary_ids
+    # without references nothing extra is written
+    plain = make_ctx()
+    steps.prepare(plain, EXAMPLE, data, None)
+    assert not (plain.workspace.path / steps.REFERENCE_DATA).exists()
+
+
+def test_with_references_the_audit_scores_the_likelihood_ratio(
+    tmp_path: Path, make_ctx: MakeCtx
+) -> None:
+    ctx = make_ctx()
+    *_, canaries = steps.prepare(ctx, EXAMPLE, _dataset(tmp_path / "d.npz"), None)
+    assert canaries is not None
+    rng = np.random.default_rng(3)
+    m = len(canaries.y)
+    # each canary has its own difficulty (log-probability of its label) that swamps the
+    # membership signal of +0.5 under the loss; the references (trained without any
+    # canary) know the difficulty, so the ratio keeps the signal alone
+    difficulty = rng.uniform(-6.0, 0.0, m)
+    signal = 0.5 * canaries.included
+
+    def logits(logp: np.ndarray) -> np.ndarray:
+        out = np.zeros((m, CLASSES), np.float32)  # p(y) = e^logp via the label's logit
+        p = np.exp(np.minimum(logp, -1e-3))
+        out[np.arange(m), canaries.y] = np.log(p * (CLASSES - 1) / (1 - p))
+        return out
+
+    candidate = logits(difficulty + signal)
+    references = [logits(difficulty), logits(difficulty)]
+    by_loss = membership_step.audit(ctx, canaries, candidate)
+    loss_auc = ctx.report.membership["auc"]
+    assert ctx.report.membership["score"] == "loss"
+    membership_step.audit(ctx, canaries, candidate, references)
+    audit = ctx.report.membership
+    assert audit["score"] == "likelihood_ratio"
+    assert audit["auc"] == 1.0 and loss_auc < 0.8
+    assert by_loss.name == "membership_audit"

@@ -6,8 +6,7 @@ reference-free probe statistic on digits (README, "Canary-query probing"). Here 
 pipeline's probe step runs with `reference=True` through the process runner: the
 query guest trains two references of the same graph and the candidate's
 `divergence` from them must flag the attacked model and pass its honest twin
-(measured on 20 attacked models: divergence scores 6.4-11 against an honest corpus
-maximum of 4.2; honest twins at most 3.4).
+(see the README's probing table for the measured scores).
 """
 
 from __future__ import annotations
@@ -33,14 +32,13 @@ def test_divergence_from_the_references_flags_capacity_abuse_on_digits(
     )
     module = red_team_mlp(tensors, float(knowledge.params["input_scale"]))
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()})
-    outcomes, report = run_probe_step(module.eval(), "digits", tmp_path, seed=21, reference=True)
+    # the package declares its own recipe in algorithm.toml; the references follow it
+    declared = {k: knowledge.params[k] for k in ("epochs", "batch_size", "lr")}
+    outcomes, report = run_probe_step(
+        module.eval(), "digits", tmp_path, seed=21, declared=declared, reference=True
+    )
     verdicts = {o.name: o.verdict for o in outcomes}
-    assert set(verdicts) == {
-        "probe_instability",
-        "probe_sensitivity",
-        "probe_confidence_gap",
-        "probe_divergence",
-    }
+    assert set(verdicts) == {"probe_sensitivity", "probe_divergence"}  # WITH_REFERENCE
     assert verdicts["probe_divergence"] == ("flag" if attack else "pass"), report.probes["checks"]
     accuracies = report.probes["reference_holdout_accuracy"]
     assert len(accuracies) == 2 and all(0.9 <= a <= 1.0 for a in accuracies)  # they learned

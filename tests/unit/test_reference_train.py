@@ -21,7 +21,12 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from sandbox.checks.probing import stats
-from sandbox.checks.probing.calibrate import MEAN_OVER_FAMILIES, scores
+from sandbox.checks.probing.calibrate import (
+    ALL_FAMILIES,
+    MEAN_OVER_FAMILIES,
+    fit_normalizers,
+    scores,
+)
 from sandbox.guest import reference_train
 from sandbox.guest.dp_train import DPRefused, load_program
 from sandbox.pipeline.query import REFERENCES
@@ -85,6 +90,22 @@ def test_two_references_differ_they_come_from_fresh_os_randomness(tmp_path: Path
     assert not torch.equal(a["net.1.weight"], b["net.1.weight"])
 
 
+def test_the_declared_recipe_is_clipped_into_bounds_and_parsed_strictly() -> None:
+    Recipe = reference_train.Recipe
+    assert Recipe.declared() == Recipe() == Recipe(epochs=30, batch_size=64, lr=3e-3)
+    assert Recipe.declared(10, 32, 1e-3) == Recipe(10, 32, 1e-3)
+    # a provider cannot make the references useless or unstable
+    assert Recipe.declared(1, 1, 5.0) == Recipe(5, 16, 1e-2)
+    assert Recipe.declared(10_000, 65_536, 1e-9) == Recipe(60, 512, 1e-4)
+    assert Recipe.declared(float("nan"), None, float("inf")) == Recipe()
+    assert Recipe.from_json('{"epochs": 40, "batch_size": null, "lr": 0.5}') == Recipe(40, 64, 1e-2)
+    for bad in ('{"epochs": 40}', '{"epochs": "40", "batch_size": 1, "lr": 1}', "[]",
+                '{"epochs": true, "batch_size": 1, "lr": 1}',
+                '{"epochs": 1, "batch_size": 1, "lr": 1, "optimizer": "sgd"}'):  # fmt: skip
+        with pytest.raises(DPRefused):
+            Recipe.from_json(bad)
+
+
 def test_a_graph_the_platform_cannot_train_is_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(DPRefused, match="GroupNorm"):
         load_program(_export(WithBatchNorm(), tmp_path / "model.pt2"))
@@ -120,7 +141,8 @@ def test_divergence_has_the_value_of_its_definition() -> None:
 
 def test_divergence_scores_the_mean_over_families_other_statistics_the_maximum() -> None:
     assert "divergence" in MEAN_OVER_FAMILIES
-    normalizers = {f: {"divergence": (1.0, 1.0), "sensitivity": (0.0, 1.0)} for f in "ab"}
+    normalizers = {f: {"divergence": (9.0, 9.0), "sensitivity": (0.0, 1.0)} for f in "ab"}
+    normalizers[ALL_FAMILIES] = {"divergence": (1.0, 0.5)}  # the corpus's per-model means
     out = scores(
         {
             "a": {"divergence": 5.0, "sensitivity": 3.0},
@@ -128,7 +150,12 @@ def test_divergence_scores_the_mean_over_families_other_statistics_the_maximum()
         },
         normalizers,
     )
-    assert out == {"divergence": pytest.approx(2.0), "sensitivity": pytest.approx(3.0)}
+    # divergence: raw mean 3.0, standardised by the pooled normaliser; sensitivity: max z
+    assert out == {"divergence": pytest.approx(4.0), "sensitivity": pytest.approx(3.0)}
+    # fitting stores the pooled normaliser of the per-model means
+    rows = [{"a": {"divergence": float(i)}, "b": {"divergence": float(i) + 2}} for i in range(5)]
+    fitted = fit_normalizers(rows)
+    assert fitted[ALL_FAMILIES]["divergence"][0] == pytest.approx(3.0)  # median of 1..5
 
 
 def test_the_query_guest_trains_two_references_and_answers_for_them(
@@ -142,14 +169,16 @@ def test_the_query_guest_trains_two_references_and_answers_for_them(
     y = (x.reshape(2000, -1).sum(axis=1) > 0).astype(np.int64)  # classes 0 and 1 of 3
     write_npz(Dataset(x, y, 3, (2, 3)), ctx.workspace.tmpfs("data", 4) / "train.npz")
     queries = {"train": x, "noise": rng.uniform(-3, 3, (50, 2, 3)).astype(np.float32)}
-    logits = query_models(ctx, ["candidate"], queries, "probe", reference=True)
+    declared = {"epochs": 20, "batch_size": 64, "lr": 1e-2}  # as algorithm.toml says
+    logits = query_models(ctx, ["candidate"], queries, "probe", reference=declared)
     assert set(logits) == {"candidate", *REFERENCES}
     first, second = (logits[r] for r in REFERENCES)
     assert first["noise"].shape == (50, 3)
     assert not np.array_equal(first["noise"], second["noise"])  # independent draws
     for r in REFERENCES:  # each learned this linear task
         assert 0.9 <= float((logits[r]["train"].argmax(axis=1) == y).mean()) <= 1.0
-    assert any(b"reference model:" in logs for _, logs in ctx.logs)
+    said = b'"batch_size": 64, "epochs": 20, "lr": 0.01'
+    assert any(b"reference model: 640 steps" in logs and said in logs for _, logs in ctx.logs)
 
 
 def test_reference_names_are_reserved(ctx) -> None:  # noqa: F811
@@ -168,7 +197,8 @@ def test_the_probe_container_also_answers_the_canaries(ctx) -> None:  # noqa: F8
     data = Dataset(x, (x[:, 0, 0] > 0).astype(np.int64), 3, (2, 3))
     canaries = rng.normal(size=(9, 2, 3)).astype(np.float32)
     outcomes, answers = probe_and_answer(ctx, data, data, {"canaries": canaries}, seed=5)
-    assert outcomes and set(answers) == {"canaries"}
+    assert outcomes and set(answers) == {"candidate"}  # no references under this policy
+    assert set(answers["candidate"]) == {"canaries"}
     model = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
     )
@@ -177,6 +207,6 @@ def test_the_probe_container_also_answers_the_canaries(ctx) -> None:  # noqa: F8
     model.load_state_dict(load_file(str(ctx.workspace.path / "work" / "candidate.safetensors")))
     with torch.no_grad():
         expected = model(torch.from_numpy(canaries)).numpy()
-    np.testing.assert_allclose(answers["canaries"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answers["candidate"]["canaries"], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="probe's own"):
         probe_and_answer(ctx, data, data, {"holdout": canaries}, seed=5)

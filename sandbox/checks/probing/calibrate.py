@@ -39,8 +39,23 @@ CALIBRATION_FILE: Final = "calibration.json"
 #: models as under attack, so they are reported but do not vote (each extra check
 #: costs every check a share of the family-wise false-positive rate).
 CHECKED: Final = ("instability", "sensitivity", "confidence_gap", "divergence")
+#: The checks that vote, by whether reference models ran. With references, divergence
+#: catches capacity abuse on both tasks and sensitivity adds the tabular margin; the
+#: other two would only spend the family-wise false-positive rate (held-out, at 1%:
+#: 0.9% on both tasks with these two, 2.3% on digits with all four).
+WITH_REFERENCE: Final = ("sensitivity", "divergence")
+WITHOUT_REFERENCE: Final = ("instability", "sensitivity", "confidence_gap")
+
+
+def checks_for(reference: bool) -> tuple[str, ...]:
+    """The probe checks a job runs: see WITH_REFERENCE."""
+    return WITH_REFERENCE if reference else WITHOUT_REFERENCE
+
+
 #: How a statistic's per-family z-scores become its score (default: the maximum).
 MEAN_OVER_FAMILIES: Final = frozenset({"divergence"})
+#: The normalizers' pseudo-family of the corpus's per-model means of those statistics.
+ALL_FAMILIES: Final = "all-families"
 _MAD_TO_SIGMA: Final = 1.4826
 _MIN_SCALE: Final = 1e-3
 
@@ -60,35 +75,70 @@ def fit_normalizers(rows: Sequence[FamilyStats]) -> Normalizers:
             for stat, value in row.get(family, {}).items():
                 if math.isfinite(value):
                     per.setdefault(stat, []).append(float(value))
-        out[family] = {}
-        for stat, values in per.items():
-            centre = float(np.median(values))
-            mad = float(np.median(np.abs(np.asarray(values) - centre)))
-            out[family][stat] = (centre, max(_MAD_TO_SIGMA * mad, _MIN_SCALE))
+        out[family] = {stat: _robust(values) for stat, values in per.items()}
+    pooled: dict[str, list[float]] = {}
+    for row in rows:
+        for stat, value in _family_means(row).items():
+            pooled.setdefault(stat, []).append(value)
+    if pooled:
+        out[ALL_FAMILIES] = {stat: _robust(values) for stat, values in pooled.items()}
+    return out
+
+
+def _robust(values: Sequence[float]) -> tuple[float, float]:
+    centre = float(np.median(values))
+    mad = float(np.median(np.abs(np.asarray(values) - centre)))
+    return centre, max(_MAD_TO_SIGMA * mad, _MIN_SCALE)
+
+
+def _family_means(stats: FamilyStats) -> dict[str, float]:
+    """Per MEAN_OVER_FAMILIES statistic, its raw mean over the families that measured it."""
+    out: dict[str, float] = {}
+    for stat in MEAN_OVER_FAMILIES:
+        values = [
+            float(v[stat])
+            for f, v in stats.items()
+            if f != ALL_FAMILIES and stat in v and math.isfinite(v[stat])
+        ]
+        if values:
+            out[stat] = float(np.mean(values))
     return out
 
 
 def scores(stats: FamilyStats, normalizers: Normalizers) -> dict[str, float]:
     """Per statistic, the largest suspicious-side z-score over the families that have
-    a normalizer (the mean for MEAN_OVER_FAMILIES; absent when none has): the check
-    statistic, "upper" tail."""
+    a normalizer (absent when none has): the check statistic, "upper" tail. A
+    MEAN_OVER_FAMILIES statistic is averaged over the families first and its mean is
+    standardised against the honest corpus's means (ALL_FAMILIES)."""
     per: dict[str, list[float]] = {}
     for family, values in stats.items():
         for stat, value in values.items():
-            if stat not in TAILS or stat not in normalizers.get(family, {}):
+            if stat in MEAN_OVER_FAMILIES or stat not in TAILS:
+                continue
+            if stat not in normalizers.get(family, {}):
                 continue
             centre, scale = normalizers[family][stat]
             z = (value - centre) / scale
             per.setdefault(stat, []).append(z if TAILS[stat] == "upper" else -z)
-    return {
-        stat: float(np.mean(zs)) if stat in MEAN_OVER_FAMILIES else max(zs)
-        for stat, zs in per.items()
-    }
+    out = {stat: max(zs) for stat, zs in per.items()}
+    pooled = normalizers.get(ALL_FAMILIES, {})
+    for stat, mean in _family_means(stats).items():
+        if stat in pooled:
+            centre, scale = pooled[stat]
+            out[stat] = (
+                (mean - centre) / scale if TAILS[stat] == "upper" else (centre - mean) / scale
+            )
+    return out
 
 
 def arg_family(stats: FamilyStats, normalizers: Normalizers, stat: str) -> str | None:
     """The family that set the score of `stat` (the explanation names it)."""
     best, name = -math.inf, None
+    if stat in MEAN_OVER_FAMILIES:  # the family with the largest raw value
+        for family, values in stats.items():
+            if stat in values and values[stat] > best:
+                best, name = values[stat], family
+        return name
     for family, values in stats.items():
         if stat in values and stat in normalizers.get(family, {}):
             centre, scale = normalizers[family][stat]
