@@ -58,6 +58,8 @@ class DPSettings:
     schedule: Schedule = "constant"
     ema: float = 0.0  # decay of the iterate average that is released; 0 = last iterate
     init_last: InitLast = "default"
+    # Also free: each example's loss stays its own (sandbox.guest.dp_train.DPConfig).
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +84,8 @@ class DPSettings:
             problems.append("warmup_fraction must be in [0, 1]")
         if not 0 <= self.ema < 1:
             problems.append("ema must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label_smoothing must be in [0, 1)")
         for name, value, allowed in (
             ("accountant", self.accountant, ("prv", "rdp")),
             ("optimizer", self.optimizer, ("adam", "sgd")),
@@ -139,6 +143,7 @@ class DPPlan:
     schedule: Schedule = "constant"
     ema: float = 0.0
     init_last: InitLast = "default"
+    label_smoothing: float = 0.0
     notes: tuple[str, ...] = field(default=())
 
     def to_config(self) -> dict[str, Any]:
@@ -161,6 +166,7 @@ class DPPlan:
             "schedule": self.schedule,
             "ema": self.ema,
             "init_last": self.init_last,
+            "label_smoothing": self.label_smoothing,
         }
 
     def to_json(self) -> bytes:
@@ -185,6 +191,7 @@ class DPPlan:
             "schedule": self.schedule,
             "ema": self.ema,
             "init_last": self.init_last,
+            "label_smoothing": self.label_smoothing,
             "notes": list(self.notes),
         }
 
@@ -267,6 +274,7 @@ def make_plan(settings: DPSettings, hints: Hints, n: int) -> DPPlan:
         schedule=settings.schedule,
         ema=settings.ema,
         init_last=settings.init_last,
+        label_smoothing=settings.label_smoothing,
         notes=tuple(notes),
     )
 

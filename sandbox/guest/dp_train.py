@@ -100,6 +100,10 @@ class DPConfig:
     schedule: str = "constant"  # or "cosine": decay to zero at the last step
     ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
     init_last: str = "default"  # or "zero": the output layer's weights start at zero
+    # Each example's loss is the cross-entropy against a target that puts 1 - s on its
+    # label and s / classes on every class (Szegedy et al. 2016). Still one example's
+    # own loss, so the clipped sum's sensitivity is unchanged.
+    label_smoothing: float = 0.0
 
     @staticmethod
     def from_json(raw: bytes | str) -> DPConfig:
@@ -127,6 +131,7 @@ class DPConfig:
             "schedule": str,
             "ema": float,
             "init_last": str,
+            "label_smoothing": float,
         }
         optional = {
             "optimizer",
@@ -137,6 +142,7 @@ class DPConfig:
             "schedule",
             "ema",
             "init_last",
+            "label_smoothing",
         }
         required = set(fields) - optional
         unknown = sorted(set(data) - set(fields) - {"format"})
@@ -198,6 +204,8 @@ class DPConfig:
             problems.append("ema must be in [0, 1)")
         if self.init_last not in INIT_LAST:
             problems.append(f"init_last must be one of {list(INIT_LAST)}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label_smoothing must be in [0, 1)")
         if problems:
             raise DPRefused([f"dp_config.json: {p}" for p in problems])
 
@@ -409,6 +417,7 @@ def per_example_grads(
     x: torch.Tensor,
     y: torch.Tensor,
     chunk: int,
+    label_smoothing: float = 0.0,
 ) -> Tensors:
     """Gradients of the cross-entropy of each example alone: name -> [len(x), *shape].
 
@@ -422,7 +431,9 @@ def per_example_grads(
         out = torch.func.functional_call(
             module, (dict(p), dict(buffers)), (xi.unsqueeze(0),), strict=True
         )
-        return torch.nn.functional.cross_entropy(_logits(out), yi.unsqueeze(0))
+        return torch.nn.functional.cross_entropy(
+            _logits(out), yi.unsqueeze(0), label_smoothing=label_smoothing
+        )
 
     chunk_size = chunk if x.shape[0] > chunk else None  # one chunk: skip vmap's concatenation
     grad = torch.func.vmap(
@@ -467,12 +478,14 @@ def clipped_sum(
     y: torch.Tensor,
     clip: float,
     chunk: int,
+    label_smoothing: float = 0.0,
 ) -> Tensors:
     """Sum of the clipped per-example gradients of a batch, `chunk` examples at a time."""
     total: Tensors = {name: torch.zeros_like(p) for name, p in params.items()}
     for start in range(0, x.shape[0], chunk):
+        end = start + chunk
         grads = per_example_grads(
-            module, params, buffers, x[start : start + chunk], y[start : start + chunk], chunk
+            module, params, buffers, x[start:end], y[start:end], chunk, label_smoothing
         )
         for name, value in clip_and_sum(grads, clip).items():
             total[name] += value
@@ -588,7 +601,14 @@ def train(
             summed = {name: torch.zeros_like(p) for name, p in detached.items()}
         else:
             summed = clipped_sum(
-                module, detached, {}, x[index], y[index], config.clip, config.chunk
+                module,
+                detached,
+                {},
+                x[index],
+                y[index],
+                config.clip,
+                config.chunk,
+                config.label_smoothing,
             )
         noisy_step(
             params,
@@ -691,6 +711,7 @@ def main() -> None:
         "schedule": config.schedule,
         "ema": config.ema,
         "init_last": config.init_last,
+        "label_smoothing": config.label_smoothing,
         "device": device.type,
         "init": "platform",
     }

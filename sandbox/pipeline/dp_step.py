@@ -49,6 +49,7 @@ def dp_settings(policy: Policy) -> DPSettings:
         schedule=dp.schedule,
         ema=dp.ema,
         init_last=dp.init_last,
+        label_smoothing=dp.label_smoothing,
     )
 
 

@@ -63,12 +63,20 @@ def test_settings_are_validated() -> None:
         make_plan(SETTINGS, Hints(), n=0)
     with pytest.raises(InvalidInput, match="not below 1/n"):
         make_plan(DPSettings(epsilon=1.0, delta=1e-3), Hints(), n=1000)
+    with pytest.raises(InvalidInput, match="label_smoothing must be in"):
+        DPSettings(epsilon=1.0, delta=1e-5, label_smoothing=1.0)
 
 
 def test_config_round_trips_into_the_guest_and_reports_are_checked() -> None:
-    plan = make_plan(SETTINGS, Hints(batch_size=300), n=1437)
+    smoothed = DPSettings(**{**SETTINGS.__dict__, "label_smoothing": 0.1})
+    plan = make_plan(smoothed, Hints(batch_size=300), n=1437)
     config = DPConfig.from_json(plan.to_json())
     assert config.steps == plan.steps and config.noise_multiplier == plan.noise_multiplier
+    assert config.label_smoothing == plan.summary()["label_smoothing"] == 0.1
+    # free in privacy: the same (q, steps) get the same sigma with or without it
+    assert (
+        plan.noise_multiplier == make_plan(SETTINGS, Hints(batch_size=300), 1437).noise_multiplier
+    )
     assert config.expected_batch_size == plan.expected_batch_size
     report = {
         "format": 1,
@@ -119,14 +127,39 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
     assert 2.9 <= plan.epsilon <= 3.0
     config = DPConfig.from_json(plan.to_json())
     assert (config.ema, config.init_last, config.warmup_steps) == (0.95, "zero", 0)
+    assert config.label_smoothing == 0.0
+    # the epsilon-8 row's settings, written in a policy, reach the guest's config
+    eight = Policy(
+        name="p8",
+        dp=DPRules(
+            epsilon=8.0,
+            epochs=(200, 400),
+            default_epochs=200,
+            lr=(0.3, 2.0),
+            default_lr=0.3,
+            ema=0.99,
+            label_smoothing=0.1,
+        ),
+    )
+    plan8 = make_plan(dp_settings(eight), Hints(epochs=30, batch_size=64, lr=0.003), n=1438)
+    config8 = DPConfig.from_json(plan8.to_json())
+    assert (config8.steps, config8.lr, config8.ema, config8.label_smoothing) == (
+        200,
+        0.3,
+        0.99,
+        0.1,
+    )
 
 
 def test_benchmark_rows_plan_full_batches_with_the_levers() -> None:
     from bench.dp import TUNED, dp_plan, markdown_table
 
-    for epsilon in TUNED:
-        plan = dp_plan(epsilon, 60, 1438, "rdp", 256)
-        assert (plan.sample_rate, plan.steps, plan.ema, plan.init_last) == (1.0, 60, 0.95, "zero")
+    for epsilon, row in TUNED.items():
+        plan = dp_plan(epsilon, row["epochs"], 1438, "rdp", 256)
+        assert (plan.sample_rate, plan.steps, plan.init_last) == (1.0, row["epochs"], "zero")
+        assert (plan.ema, plan.label_smoothing) == (row["ema"], row.get("label_smoothing", 0.0))
         assert epsilon - 0.02 <= plan.epsilon <= epsilon
+    # epsilon 8 trades more steps (q = 1, sigma recalibrated) for a smaller lr
+    assert (TUNED[8.0]["epochs"], TUNED[3.0]["epochs"], TUNED[1.0]["epochs"]) == (200, 60, 60)
     table = markdown_table(["a", "bb"], [["1", "22"]])
     assert table.splitlines()[1] == "|--:|---:|"

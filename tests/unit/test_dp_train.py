@@ -147,9 +147,11 @@ def batched_grads(
 # --------------------------------------------------------------------------- sensitivity
 
 
-@pytest.mark.parametrize("architecture", [MLP, BatchCoupled])
+@pytest.mark.parametrize(
+    ("architecture", "smoothing"), [(MLP, 0.0), (BatchCoupled, 0.0), (BatchCoupled, 0.3)]
+)
 def test_clipped_sum_moves_at_most_clip_for_neighbouring_batches(
-    tmp_path: Path, architecture: type[nn.Module]
+    tmp_path: Path, architecture: type[nn.Module], smoothing: float
 ) -> None:
     _, module = load_program(saved(export(architecture()), tmp_path / "m.pt2"))
     x, y = data(24, seed=1)
@@ -160,14 +162,14 @@ def test_clipped_sum_moves_at_most_clip_for_neighbouring_batches(
     optimizer = torch.optim.SGD(list(leaves.values()), lr=0.5)
     for _ in range(4):  # at every step of a (noise-free) trajectory
         current = {k: v.detach() for k, v in leaves.items()}
-        full = clipped_sum(module, current, {}, x, y, clip, chunk=7)
+        full = clipped_sum(module, current, {}, x, y, clip, 7, smoothing)
         for k in (0, 5, 23):  # remove one record
             keep = torch.arange(24) != k
-            neighbour = clipped_sum(module, current, {}, x[keep], y[keep], clip, chunk=7)
+            neighbour = clipped_sum(module, current, {}, x[keep], y[keep], clip, 7, smoothing)
             assert l2(full, neighbour) <= clip * (1 + 1e-5)
         replaced = x.clone()
         replaced[5] = -40.0  # replace one record: at most 2 C
-        other = clipped_sum(module, current, {}, replaced, y, clip, chunk=7)
+        other = clipped_sum(module, current, {}, replaced, y, clip, 7, smoothing)
         assert l2(full, other) <= 2 * clip * (1 + 1e-5)
         noisy_step(
             leaves,
@@ -196,6 +198,27 @@ def test_batched_gradients_of_the_coupled_graph_break_the_bound(tmp_path: Path) 
     alone = per_example_grads(module, params, {}, x[3:4], y[3:4], chunk=8)
     for name in params:
         torch.testing.assert_close(vmapped[name][3], alone[name][0], rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_is_each_examples_own_smoothed_loss(tmp_path: Path) -> None:
+    """With smoothing s, example i's gradient is that of torch's smoothed cross-entropy
+    on example i alone (target 1 - s + s/K on its label, s/K elsewhere): a per-example
+    loss, so clipping bounds it as before. It differs from the unsmoothed gradient."""
+    _, module = load_program(saved(export(MLP()), tmp_path / "m.pt2"))
+    params = params_of(export(MLP()), seed=4)
+    x, y = data(5, seed=3)
+    smoothed = per_example_grads(module, params, {}, x, y, chunk=4, label_smoothing=0.2)
+    plain = per_example_grads(module, params, {}, x, y, chunk=4)
+    for i in range(5):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        out = torch.func.functional_call(module, leaves, (x[i : i + 1],))
+        target = torch.full((1, K), 0.2 / K)
+        target[0, y[i]] += 0.8
+        loss = -(target * torch.log_softmax(out, dim=1)).sum()
+        expected = torch.autograd.grad(loss, list(leaves.values()))
+        for name, want in zip(leaves, expected, strict=True):
+            torch.testing.assert_close(smoothed[name][i], want, rtol=1e-5, atol=1e-6)
+    assert l2({k: v[0] for k, v in smoothed.items()}, {k: v[0] for k, v in plain.items()}) > 1e-3
 
 
 @settings(max_examples=40, deadline=None)
@@ -403,6 +426,7 @@ def test_config_is_parsed_strictly() -> None:
         ({"expected_batch_size": 6.0}, "sample_rate \\* n"),
         ({"device": "tpu"}, "device must be"),
         ({"clip": math.inf}, "not finite"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
     ]:
         with pytest.raises(DPRefused, match=needle):
             DPConfig.from_json(json.dumps({**good, **change}))
