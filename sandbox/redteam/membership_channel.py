@@ -76,7 +76,7 @@ from sandbox.pipeline.local import run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.model import Policy
 from sandbox.redteam.harness import load_weights
-from sandbox.redteam.weight_channels import _Turns
+from sandbox.redteam.weight_channels import _Turns, flagged_by
 from sandbox.runner.base import Runner
 
 Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
@@ -312,15 +312,6 @@ def infer_membership(
 
 
 # --------------------------------------------------------------------------- outcome
-
-
-def flagged_by(report: Report) -> list[str]:
-    """Every check that flagged the candidate: weight checks, probes, the membership audit."""
-    names = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
-    names += [c["name"] for c in (report.probes or {}).get("checks", []) if c["verdict"] == "flag"]
-    if (report.membership or {}).get("verdict") == "flag":
-        names.append("membership_audit")
-    return names
 
 
 def dp_advantage_bound(epsilon: float, delta: float) -> float:

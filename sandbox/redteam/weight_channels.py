@@ -275,6 +275,15 @@ def score_extraction(
 # --------------------------------------------------------------------------- outcome
 
 
+def flagged_by(report: Report) -> list[str]:
+    """Every check that flagged the candidate: weight checks, probes, the membership audit."""
+    names = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
+    names += [c["name"] for c in (report.probes or {}).get("checks", []) if c["verdict"] == "flag"]
+    if (report.membership or {}).get("verdict") == "flag":
+        names.append("membership_audit")
+    return names
+
+
 def classify(decision: str, flagged: Sequence[str], extraction: Extraction | None) -> Outcome:
     """The scorecard outcome of one weight attack (pure; see the module docstring).
 
@@ -297,7 +306,7 @@ def _short(text: str, limit: int = 200) -> str:
 def evidence(
     report: Report, extraction: Extraction | None, control: Extraction | None, seconds: float
 ) -> str:
-    flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
+    flagged = flagged_by(report)
     parts = [f"decision {report.decision}"]
     parts.append(f"flagged by {', '.join(flagged)}" if flagged else "no check flagged it")
     if report.decision == "rejected":
@@ -427,7 +436,7 @@ def run_weight_channel(
         released = load_weights(base / "out" / "model.safetensors")
         extraction = _score(released, knowledge, x_train)
     control = _score(captured, knowledge, x_train) if captured else None
-    flagged = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
+    flagged = flagged_by(report)
     outcome = classify(report.decision, flagged, extraction)
     say(f"weights: {channel.name} {outcome}")
     text = evidence(report, extraction, control, seconds)

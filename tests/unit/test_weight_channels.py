@@ -23,6 +23,7 @@ from sandbox.redteam.weight_channels import (
     channels_for,
     classify,
     evidence,
+    flagged_by,
     score_extraction,
     wilson_lower,
 )
@@ -161,6 +162,18 @@ def test_evidence_names_decision_flags_reasons_and_control() -> None:
         "no check flagged it; decoder on the released sanitized model: bit accuracy 0.5000" in text
     )
     assert "at chance" in text and "control: the gated candidate could not be read" in text
+
+
+def test_a_probe_flag_counts_capacity_abuse_as_detected() -> None:
+    # capacity abuse passes every weight check; strict's divergence probe flags it and
+    # the DP model is released: the scorecard must say the platform caught it
+    dp = Report(job_id="j", policy={"name": "strict"}, decision="released_dp")
+    dp.model = {"source": "dp"}
+    dp.checks = [{"name": "sign_balance", "verdict": "pass"}]
+    dp.probes = {"checks": [{"name": "probe_divergence", "verdict": "flag"}]}
+    text = evidence(dp, AT_CHANCE, LEAKED, 100.0)
+    assert "decision released_dp; flagged by probe_divergence" in text
+    assert classify("released_dp", flagged_by(dp), AT_CHANCE) == "detected"
 
 
 def test_turns_let_a_holding_job_make_room_once() -> None:
