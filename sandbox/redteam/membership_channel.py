@@ -66,17 +66,14 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sandbox.checks.membership import auc, loss_score, roc_curve, tpr_at_fpr
 from sandbox.demo import sample_dataset, write_digits
-from sandbox.dp import InMemoryBudgetLedger
 from sandbox.pipeline.dataset import Dataset, split_holdout
-from sandbox.pipeline.local import run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.model import Policy
 from sandbox.redteam.harness import load_weights
-from sandbox.redteam.weight_channels import _Turns, flagged_by
+from sandbox.redteam.weight_channels import _Turns, flagged_by, run_job
 from sandbox.runner.base import Runner
 
 Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
@@ -524,21 +521,7 @@ def run_membership_channel(
     say(f"membership: {NAME} submitted")
     started = time.monotonic()
     try:
-        report = run_local(
-            base / "package",
-            dataset,
-            policy,
-            base / "out",
-            runner=runner,
-            image=image,
-            work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
-            progress=progress,
-            job_id=job_id,
-            signing_key=Ed25519PrivateKey.generate(),
-            audit_path=base / "audit.jsonl",
-            ledger=InMemoryBudgetLedger(),
-            dataset_id="scorecard-digits",
-        )
+        report = run_job(base, dataset, policy, runner, image, job_id, progress)
     finally:
         give_up()
     seconds = time.monotonic() - started

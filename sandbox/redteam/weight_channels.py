@@ -275,6 +275,34 @@ def score_extraction(
 # --------------------------------------------------------------------------- outcome
 
 
+def run_job(
+    base: Path,
+    dataset: Path,
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    job_id: str,
+    progress: Callable[[str, str], None],
+) -> Report:
+    """One scorecard job: base/package on `dataset` through `run_local`, in a world of
+    its own (work root, throwaway signing key, audit log, in-memory privacy ledger)."""
+    return run_local(
+        base / "package",
+        dataset,
+        policy,
+        base / "out",
+        runner=runner,
+        image=image,
+        work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
+        progress=progress,
+        job_id=job_id,
+        signing_key=Ed25519PrivateKey.generate(),
+        audit_path=base / "audit.jsonl",
+        ledger=InMemoryBudgetLedger(),
+        dataset_id="scorecard-digits",
+    )
+
+
 def flagged_by(report: Report) -> list[str]:
     """Every check that flagged the candidate: weight checks, probes, the membership audit."""
     names = [c["name"] for c in report.checks if c.get("verdict") == "flag"]
@@ -412,21 +440,7 @@ def run_weight_channel(
     say(f"weights: {channel.name} submitted")
     started = time.monotonic()
     try:
-        report = run_local(
-            base / "package",
-            dataset,
-            policy,
-            base / "out",
-            runner=runner,
-            image=image,
-            work_root=base / "work",  # its own root: run_local sweeps its root's stale jobs
-            progress=progress,
-            job_id=job_id,
-            signing_key=Ed25519PrivateKey.generate(),
-            audit_path=base / "audit.jsonl",
-            ledger=InMemoryBudgetLedger(),
-            dataset_id="scorecard-digits",
-        )
+        report = run_job(base, dataset, policy, runner, image, job_id, progress)
     finally:
         give_up()
     seconds = time.monotonic() - started
