@@ -122,33 +122,31 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
     settings = dp_settings(Policy(name="p", dp=rules))
     assert (settings.ema, settings.init_last, settings.schedule) == (0.95, "zero", "constant")
     plan = make_plan(settings, Hints(epochs=30, batch_size=64, lr=0.003), n=1438)
-    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 60, 60, 0.5)
+    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 60, 60, 2.5)
     assert len(plan.notes) == 4  # epochs, batch and lr clamped, then the batch capped at n
     assert 2.9 <= plan.epsilon <= 3.0
     config = DPConfig.from_json(plan.to_json())
     assert (config.ema, config.init_last, config.warmup_steps) == (0.95, "zero", 0)
     assert config.label_smoothing == 0.0
-    # the epsilon-8 row's settings, written in a policy, reach the guest's config
+    # the epsilon-8 row's settings, written in a policy as DPRules' comment says,
+    # reach the guest's config
+    row = TUNED[8.0]
     eight = Policy(
         name="p8",
         dp=DPRules(
             epsilon=8.0,
             epochs=(200, 400),
             default_epochs=200,
-            lr=(0.3, 2.0),
-            default_lr=0.3,
+            lr=(row["lr"], 10.0),
+            default_lr=row["lr"],
             ema=0.99,
             label_smoothing=0.1,
         ),
     )
     plan8 = make_plan(dp_settings(eight), Hints(epochs=30, batch_size=64, lr=0.003), n=1438)
     config8 = DPConfig.from_json(plan8.to_json())
-    assert (config8.steps, config8.lr, config8.ema, config8.label_smoothing) == (
-        200,
-        0.3,
-        0.99,
-        0.1,
-    )
+    got = (config8.steps, config8.lr, config8.momentum, config8.ema, config8.label_smoothing)
+    assert got == (row["epochs"], row["lr"], row["momentum"], row["ema"], row["label_smoothing"])
 
 
 def test_benchmark_rows_plan_full_batches_with_the_levers() -> None:
