@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import tarfile
+import threading
 import tomllib
 import zlib
 from collections.abc import Iterator
@@ -69,6 +70,11 @@ _CHUNK: Final = 1 * MiB
 _PER_ENTRY_OVERHEAD: Final = 4096
 _STREAM_SLACK: Final = 1 * MiB
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# CPython 3.11's AST constructor keeps its recursion depth in state that concurrent
+# parses share (the server and the scorecard check packages in threads): CI saw
+# "SystemError: AST constructor recursion depth mismatch" from two jobs at once
+# (CPython gh-106905). One parse at a time; a parse takes milliseconds.
+_PARSE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -564,7 +570,8 @@ def _check_model_py(path: Path) -> None:
         )
     source = path.read_bytes()
     try:
-        tree = ast.parse(source, filename="model.py")
+        with _PARSE_LOCK:
+            tree = ast.parse(source, filename="model.py")
     except SyntaxError as e:
         where = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
         raise InvalidInput(

@@ -132,6 +132,27 @@ def test_the_example_package_is_valid(tmp_path: Path) -> None:
     assert {"model.py", "train.py", "algorithm.toml"} <= set(os.listdir(pkg.root))
 
 
+def test_model_py_is_parsed_one_thread_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CPython 3.11's AST constructor shares its recursion-depth state between threads
+    # (gh-106905): two jobs checking packages at once failed CI with a SystemError
+    import ast
+
+    from sandbox.pipeline import algorithm
+
+    held: list[bool] = []
+    real_parse = ast.parse
+
+    def parse(*args: object, **kwargs: object) -> ast.AST:
+        held.append(algorithm._PARSE_LOCK.locked())
+        return real_parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(algorithm.ast, "parse", parse)
+    unpack_algorithm(REPO / "examples" / "digits_mlp", tmp_path / "dest")
+    assert held == [True]
+
+
 def test_same_content_same_hash_from_every_source(tmp_path: Path) -> None:
     files = _package(**{"algorithm.toml": TOML_OK, "sub__deep__a.txt": b"a"})
     src = _write_dir(tmp_path / "mypkg", files)
