@@ -47,19 +47,20 @@ def prepare(
         train, test = full, load_dataset(holdout, max_bytes=policy.max_dataset_mb * MB)
         check_compatible(test, train)
         source = "file"
-    full = train
-    train, canaries = membership_step.plant(ctx, full)
+    split = train  # before the canaries are taken out
+    train, canaries = membership_step.plant(ctx, split)
     ws = ctx.workspace
     data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
     write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
-    if canaries is not None and canaries.clean is not None and policy.probes.reference:
+    probes = policy.probes
+    if canaries is not None and canaries.clean is not None and probes.enabled and probes.reference:
         # the probe's references train on the split without ANY canary, so they can
         # serve the membership audit's likelihood ratio as well
         clean = Dataset(
-            np.ascontiguousarray(full.x[canaries.clean]),
-            np.ascontiguousarray(full.y[canaries.clean]),
-            full.num_classes,
-            full.input_shape,
+            np.ascontiguousarray(split.x[canaries.clean]),
+            np.ascontiguousarray(split.y[canaries.clean]),
+            split.num_classes,
+            split.input_shape,
         )
         write_npz(clean, ws.tmpfs(REFERENCE_DATA, data_mb) / "train.npz")
     test_mb = test.x.nbytes // MB + test.y.nbytes // MB + 2
