@@ -204,20 +204,21 @@ def _pipeline(
         if ctx.policy.probes.enabled:
             # one query container answers the probes and, when planted, the canaries
             also = {} if canaries is None else {membership_step.QUERY: canaries.x}
-            clean = (ctx.workspace.path / steps.REFERENCE_DATA).is_dir()
+            trained_on = steps.reference_data(ctx.policy, canaries)
             with ctx.timed("probe", "probing the model with out-of-distribution queries"):
                 probed, answers = probe_step.probe_and_answer(
                     ctx,
                     train,
                     test,
                     also,
-                    reference_data=steps.REFERENCE_DATA if clean else "data",
+                    reference_data=trained_on or "data",
                     declared=dict(package.hyperparameters),
                 )
                 checks = (*checks, *probed)
             if canaries is not None:
                 with ctx.timed("membership", "auditing membership of the planted canaries"):
                     q = membership_step.QUERY
+                    clean = trained_on == steps.CANARY_FREE
                     references = [answers[r][q] for r in REFERENCES] if clean else []
                     audit = membership_step.audit(
                         ctx, canaries, answers["candidate"][q], references

@@ -27,11 +27,21 @@ from sandbox.pipeline.dataset import (
 )
 from sandbox.pipeline.membership_step import PlantedCanaries
 from sandbox.policy.decide import CheckOutcome
+from sandbox.policy.model import Policy
 from sandbox.runner.base import BindMount
 
 #: workspace directory of the canary-free training split (probe references, when
 #: canaries are planted); without canaries the references train on data/
-REFERENCE_DATA = "reference-data"
+CANARY_FREE = "reference-data"
+
+
+def reference_data(policy: Policy, canaries: PlantedCanaries | None) -> str | None:
+    """The workspace directory the probe's references train on: the canary-free split
+    when canaries are planted (so the audit can use them), else data/; None when no
+    references run."""
+    if not (policy.probes.enabled and policy.probes.reference):
+        return None
+    return CANARY_FREE if canaries is not None else "data"
 
 
 def prepare(
@@ -52,8 +62,8 @@ def prepare(
     ws = ctx.workspace
     data_mb = train.x.nbytes // MB + train.y.nbytes // MB + 2
     write_npz(train, ws.tmpfs("data", data_mb) / "train.npz")
-    probes = policy.probes
-    if canaries is not None and canaries.clean is not None and probes.enabled and probes.reference:
+    canary_free = reference_data(policy, canaries) == CANARY_FREE
+    if canaries is not None and canaries.clean is not None and canary_free:
         # the probe's references train on the split without ANY canary, so they can
         # serve the membership audit's likelihood ratio as well
         clean = Dataset(
@@ -62,7 +72,7 @@ def prepare(
             split.num_classes,
             split.input_shape,
         )
-        write_npz(clean, ws.tmpfs(REFERENCE_DATA, data_mb) / "train.npz")
+        write_npz(clean, ws.tmpfs(CANARY_FREE, data_mb) / "train.npz")
     test_mb = test.x.nbytes // MB + test.y.nbytes // MB + 2
     write_npz(test, ws.tmpfs("holdout", test_mb) / "holdout.npz")
     package = unpack_algorithm(algorithm, ws.tmpfs("algorithm", 64) / "pkg")

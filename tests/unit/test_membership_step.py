@@ -185,7 +185,7 @@ def test_the_references_train_on_a_split_without_any_canary(
     ctx.policy = ctx.policy.model_copy(update={"probes": ProbeRules(enabled=True, reference=True)})
     _, train, _, canaries = steps.prepare(ctx, EXAMPLE, data, None)
     assert canaries is not None
-    clean = _ids(ctx.workspace.path / steps.REFERENCE_DATA / "train.npz")
+    clean = _ids(ctx.workspace.path / steps.CANARY_FREE / "train.npz")
     canary_ids = {int(i) for i in canaries.x[:, 0]}
     assert not clean & canary_ids  # not one canary, included or not
     # ... and every other training record (the provider's file minus the included canaries)
@@ -193,7 +193,7 @@ def test_the_references_train_on_a_split_without_any_canary(
     # without references nothing extra is written
     plain = make_ctx()
     steps.prepare(plain, EXAMPLE, data, None)
-    assert not (plain.workspace.path / steps.REFERENCE_DATA).exists()
+    assert not (plain.workspace.path / steps.CANARY_FREE).exists()
 
 
 def test_with_references_the_audit_scores_the_likelihood_ratio(
