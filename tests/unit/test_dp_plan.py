@@ -117,13 +117,13 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
         tuned["clip"],
     )
     assert (rules.default_batch_size, rules.default_lr) == (tuned["batch"], tuned["lr"])
-    assert (rules.ema, rules.init_last, rules.default_epochs) == (0.95, "zero", 60)
+    assert (rules.ema, rules.init_last, rules.default_epochs) == (0.95, "zero", tuned["epochs"])
     assert (tuned["ema"], tuned["init_last"]) == (rules.ema, rules.init_last)
     settings = dp_settings(Policy(name="p", dp=rules))
     assert (settings.ema, settings.init_last, settings.schedule) == (0.95, "zero", "constant")
     plan = make_plan(settings, Hints(epochs=30, batch_size=64, lr=0.003), n=1438)
-    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 60, 60, 2.5)
-    assert len(plan.notes) == 4  # epochs, batch and lr clamped, then the batch capped at n
+    assert (plan.sample_rate, plan.steps, plan.epochs, plan.lr) == (1.0, 30, 30, 4.0)
+    assert len(plan.notes) == 3  # batch and lr clamped, then the batch capped at n
     assert 2.9 <= plan.epsilon <= 3.0
     config = DPConfig.from_json(plan.to_json())
     assert (config.ema, config.init_last, config.warmup_steps) == (0.95, "zero", 0)
@@ -135,8 +135,8 @@ def test_policy_defaults_are_the_benchmarks_epsilon_3_setting() -> None:
         name="p8",
         dp=DPRules(
             epsilon=8.0,
-            epochs=(200, 400),
-            default_epochs=200,
+            epochs=(100, 400),
+            default_epochs=100,
             lr=(row["lr"], 10.0),
             default_lr=row["lr"],
             ema=0.99,
@@ -158,6 +158,6 @@ def test_benchmark_rows_plan_full_batches_with_the_levers() -> None:
         assert (plan.ema, plan.label_smoothing) == (row["ema"], row.get("label_smoothing", 0.0))
         assert epsilon - 0.02 <= plan.epsilon <= epsilon
     # epsilon 8 trades more steps (q = 1, sigma recalibrated) for a smaller lr
-    assert (TUNED[8.0]["epochs"], TUNED[3.0]["epochs"], TUNED[1.0]["epochs"]) == (200, 60, 60)
+    assert (TUNED[8.0]["epochs"], TUNED[3.0]["epochs"], TUNED[1.0]["epochs"]) == (100, 30, 30)
     table = markdown_table(["a", "bb"], [["1", "22"]])
     assert table.splitlines()[1] == "|--:|---:|"
