@@ -452,6 +452,7 @@ class QueuedTurns(_Turns):
 
     def __init__(self, parallel: int) -> None:
         super().__init__(parallel)
+        self._parallel = parallel
         self._free = parallel
         self._next = 0  # the next ticket to hand out
         self._serving = 0  # the ticket whose turn comes next
@@ -476,6 +477,14 @@ class QueuedTurns(_Turns):
                     self._changed.notify_all()
 
         return give_up
+
+    def idle(self, jobs: int, timeout: float) -> bool:
+        """Wait until `jobs` jobs have asked for a turn and none is computing (each has
+        given its turn up: holding or done), at most `timeout` seconds; True if so."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._next >= jobs and self._free == self._parallel, timeout
+            )
 
     def after(self, jobs: int, timeout: float = 60.0) -> None:
         """Wait until `jobs` jobs have asked for a turn (at most `timeout` seconds: a job
@@ -556,8 +565,8 @@ def start_membership_channel(
 
     Started beside the weight jobs, its fixed-release-time hold overlaps theirs; with
     their `turns` it computes only in a turn of theirs, asked for after `behind` jobs
-    asked for theirs (a fifth job computing at once made every strict job miss its
-    120 s release time on the 2-core box).
+    asked for theirs: with fewer turns than jobs (two, under a policy that releases at
+    once) it computes in the last round (scorecard.parallel_jobs).
     """
     say = progress or (lambda message: None)
     tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-membership-")
