@@ -19,6 +19,7 @@ under the policy's own settings; the weight attacks train for 10 epochs instead 
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -245,19 +246,32 @@ def _smuggling(box: AttackBox, policy: Policy, scratch: Path) -> list[Entry]:
 
 
 def _timing(policy: Policy) -> Entry:
+    """Judged by the pipeline's mechanism (sandbox/pipeline/local.py), not by a job.
+
+    A fixed release time hides how long a job ran only for jobs that end before it:
+    one still running then is rejected when it ends, so its outcome appears at a time
+    its own code chose, anywhere up to the containers' wall-clock limits.
+    """
     delay = policy.release.fixed_delay_seconds
-    attempt = "modulate training time to signal bits"
+    attempt = "modulate how long the job runs to signal bits"
     if delay is None:
         evidence = (
             "this policy releases as soon as the job ends, so the release time follows the "
             "training time (set release.fixed_delay_seconds to hide it)"
         )
         return Entry("timing", "timing", attempt, "leaked", evidence)
+    wall = policy.limits.wall_seconds
+    bits = math.log2(max(2, wall))
     evidence = (
-        f"every outcome appears exactly {delay} s after submission and a job still "
-        "running then is rejected: the time carries at most the one bit of the decision"
+        f"a job that ends within {delay} s has its outcome appear exactly {delay} s after "
+        "submission, which hides its duration; but a job still running then is rejected "
+        "only when it ends, so a train.py that overruns on purpose (sleeping a "
+        f"data-dependent time, up to the {wall} s wall-clock limit) shows the provider "
+        f"how long it ran: about {bits:.0f} bits per job at 1 s resolution, "
+        f"{policy.quotas.jobs_per_provider_per_day} jobs a day; stopping the job at the "
+        "release time would close it"
     )
-    return Entry("timing", "timing", attempt, "neutralized", evidence)
+    return Entry("timing", "timing", attempt, "leaked", evidence)
 
 
 def _conventional(policy: Policy) -> list[Entry]:
