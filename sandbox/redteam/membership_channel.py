@@ -73,7 +73,7 @@ from sandbox.pipeline.dataset import Dataset, split_holdout
 from sandbox.pipeline.report import Report
 from sandbox.policy.model import Policy
 from sandbox.redteam.harness import load_weights
-from sandbox.redteam.weight_channels import _Turns, flagged_by, run_job
+from sandbox.redteam.weight_channels import _Turns, flagged_by, job_time, run_job
 from sandbox.runner.base import Runner
 
 Outcome = Literal["blocked", "neutralized", "detected", "leaked"]
@@ -391,6 +391,7 @@ def evidence(
     released: Inference | None,
     control: Inference | None,
     seconds: float,
+    computing: float | None = None,
 ) -> str:
     flagged = flagged_by(report)
     parts = [f"decision {report.decision}", _audit_text(report, policy)]
@@ -415,7 +416,7 @@ def evidence(
             f"control, the same MIA on the unreleased candidate: AUC {control.auc:.3f}, "
             f"advantage {control.advantage:.3f}"
         )
-    parts.append(f"job {seconds:.0f} s")
+    parts.append(job_time(seconds, computing))
     return "; ".join(parts)
 
 
@@ -515,6 +516,7 @@ def run_membership_channel(
     candidate = workspace / "work" / "candidate.safetensors"
     captured: dict[str, npt.NDArray[np.floating]] = {}
     members: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = []
+    held: list[float] = []  # when the job began holding its outcome
 
     def progress(step: str, message: str) -> None:
         if step == "architecture" and (workspace / "data" / "train.npz").is_file():
@@ -524,6 +526,7 @@ def run_membership_channel(
         if step == "checks" and candidate.is_file():  # gated, not yet checked or released
             captured.update(load_weights(candidate))
         if step == "hold":
+            held.append(time.monotonic())
             give_up()
 
     give_up = turns.job() if turns else (lambda: None)
@@ -548,7 +551,7 @@ def run_membership_channel(
     control = infer(captured) if captured else None
     outcome = judge(report, released)
     say(f"membership: {NAME} {outcome}")
-    text = evidence(report, policy, released, control, seconds)
+    text = evidence(report, policy, released, control, seconds, held[0] - started if held else None)
     return MembershipResult(outcome, text, report, released, control)
 
 

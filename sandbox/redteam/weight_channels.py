@@ -331,8 +331,20 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def job_time(seconds: float, computing: float | None = None) -> str:
+    """The job's duration and, when it held its outcome to a fixed release time, how
+    much of it was computing: the margin a busier host would eat into."""
+    if computing is None:
+        return f"job {seconds:.0f} s"
+    return f"job {seconds:.0f} s, {computing:.0f} s of it computing before the hold"
+
+
 def evidence(
-    report: Report, extraction: Extraction | None, control: Extraction | None, seconds: float
+    report: Report,
+    extraction: Extraction | None,
+    control: Extraction | None,
+    seconds: float,
+    computing: float | None = None,
 ) -> str:
     flagged = flagged_by(report)
     parts = [f"decision {report.decision}"]
@@ -356,7 +368,7 @@ def evidence(
             f"{control.observed:.4f} vs chance {control.chance:.4f}, "
             f"{control.recovered}/{control.records} records recovered"
         )
-    parts.append(f"job {seconds:.0f} s")
+    parts.append(job_time(seconds, computing))
     return "; ".join(parts)
 
 
@@ -426,6 +438,7 @@ def run_weight_channel(
     candidate = workspace / "work" / "candidate.safetensors"
     captured: dict[str, npt.NDArray[np.floating]] = {}
     given: list[npt.NDArray[np.float32]] = []
+    held: list[float] = []  # when the job began holding its outcome
 
     def progress(step: str, message: str) -> None:
         if step == "architecture" and (workspace / "data" / "train.npz").is_file():
@@ -435,6 +448,7 @@ def run_weight_channel(
         if step == "checks" and candidate.is_file():  # gated, not yet checked or released
             captured.update(load_weights(candidate))
         if step == "hold":
+            held.append(time.monotonic())
             give_up()
 
     say(f"weights: {channel.name} submitted")
@@ -453,7 +467,7 @@ def run_weight_channel(
     flagged = flagged_by(report)
     outcome = classify(report.decision, flagged, extraction)
     say(f"weights: {channel.name} {outcome}")
-    text = evidence(report, extraction, control, seconds)
+    text = evidence(report, extraction, control, seconds, held[0] - started if held else None)
     return WeightResult(channel, outcome, text, report, extraction, control)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sandbox.policy.load import load_policy
 from sandbox.redteam.scorecard import _timing
+from sandbox.redteam.weight_channels import job_time
 
 
 def test_default_releases_at_once_and_says_so() -> None:
@@ -26,3 +27,9 @@ def test_a_fixed_release_time_still_leaks_through_a_job_that_overruns() -> None:
     assert "overruns on purpose" in entry.evidence
     assert f"{strict.limits.wall_seconds} s wall-clock limit" in entry.evidence
     assert "about 9 bits per job" in entry.evidence  # log2(600 s) at 1 s resolution
+
+
+def test_a_held_jobs_evidence_gives_its_computing_time() -> None:
+    """The margin to the release time, which a busier host eats into."""
+    assert job_time(240.4, 165.2) == "job 240 s, 165 s of it computing before the hold"
+    assert job_time(31.0) == "job 31 s"  # released at once: no hold
