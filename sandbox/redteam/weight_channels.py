@@ -126,8 +126,9 @@ CHANNELS: Final = (
 def channels_for(budget: Budget) -> tuple[WeightChannel, ...]:
     """`full`: every channel. `small` leaves raw LSB out: it is the encrypted variant's
     weaker twin (flagged by lowbit_patterned besides being sanitized away; pinned by
-    tests/unit/test_redteam_attacks.py), and a fifth pipeline job does not fit a
-    5-minute scorecard under a 120 s fixed release time on 2 cores."""
+    tests/unit/test_redteam_attacks.py), and the five jobs of the small budget already
+    use about 300 CPU-seconds of the 2-core box, most of strict's 240 s release time
+    when they run at once (README, red-team scorecard): a sixth would make them late."""
     return CHANNELS if budget == "full" else tuple(c for c in CHANNELS if c.name != "lsb")
 
 
