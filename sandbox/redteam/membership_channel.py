@@ -18,7 +18,8 @@ that second phase so their low bits look trained (freshly drawn normals are flag
 epsilon lower bound 1.9-2.4 (strict flags above 1), train-vs-holdout AUC 0.95-0.97,
 holdout accuracy 0.955-0.961 (an honest MLP: AUC 0.50, bound 0). With 1,024 features it
 memorises harder (bound 2.6-3.0) but DP retraining of the bigger model took 98 s at
-load 6 under gVisor, too long for strict's 120 s release time.
+load 6 under gVisor, too long for strict's release time then (120 s; 240 s now, and
+the 512-feature job is already the scorecard's last to finish computing).
 
 The job runs through `run_local` against the policy under test with the policy's
 runner and image, the digits sample data, a throwaway signing key and audit log and
