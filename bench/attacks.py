@@ -6,8 +6,9 @@ LSB attacks, lambda for the regulariser attacks), over a few seeds: generate the
 package for the dataset's public schema, run its train.py on the pipeline's
 training split (host subprocess, one thread: this is our own attack code), then
 
-- detection: which checks flag the model at the calibrated thresholds (1% FPR per
-  check by default), and the rate at which any check flags it;
+- detection: which checks flag the model at the calibrated thresholds (family-wise
+  1% by default, as the pipeline calibrates them: all nine checks together flag at
+  most 1% of honest models), and the rate at which any check flags it;
 - extraction: what the attacker's decoder gets out of the released weights, before
   and after the sanitizer at its default k (bit accuracy: 0.5 is chance; records
   recovered: MAE below 10% of the pixel range on digits, 0.25 SD on breast_cancer);
@@ -18,7 +19,12 @@ sweep in calibration.json) and the throughput of the low-bit scan and the saniti
 Markdown on stdout, progress on stderr.
 
     python -m bench.attacks [--dataset digits|breast_cancer|all] [--seeds 2] [--epochs 30]
-                            [--jobs 2] [--quick] [--json] [--throughput-mb 256]
+                            [--jobs 2] [--quick | --paper] [--attacks a,b] [--json]
+                            [--throughput-mb 256]
+
+`--paper` runs only each attack's default strength (the paper's: correlated value
+lambda 3, sign lambda 30, LSB k 16) with `--seeds` seeds each, to resolve a
+detection rate (20 seeds: 19 of 20 is 95%).
 
 The checks' thresholds are the shipped calibration's for the model's calibration
 group, as the pipeline picks it: the honest corpus's models with the dataset's
@@ -94,18 +100,29 @@ BLACK_BOX = frozenset({"capacity"})
 
 
 def jobs_for(
-    seeds: int, epochs: int, fpr: float, quick: bool, datasets: Sequence[str] = DATASETS
+    seeds: int,
+    epochs: int,
+    fpr: float,
+    defaults_only: bool,
+    datasets: Sequence[str] = DATASETS,
+    attacks: Sequence[str] | None = None,
 ) -> list[Job]:
+    """Every (attack, strength, seed) to run: each attack's sweep, or with
+    `defaults_only` its default strength alone; `attacks` narrows the attacks."""
     from sandbox.redteam.attacks import ATTACKS
 
+    unknown = sorted(set(attacks or ()) - set(ATTACKS) | set(attacks or ()) & BLACK_BOX)
+    if unknown:
+        known = ", ".join(n for n in ATTACKS if n not in BLACK_BOX)
+        raise ValueError(f"unknown or black-box attacks {unknown}; weight attacks: {known}")
     jobs: list[Job] = []
     for dataset in datasets:
         for name, attack in ATTACKS.items():
-            if name in BLACK_BOX:
+            if name in BLACK_BOX or (attacks is not None and name not in attacks):
                 continue
             if attack.strength is None:
                 values: Sequence[float | None] = [None]
-            elif quick:
+            elif defaults_only:
                 values = [float(attack.defaults[attack.strength])]
             else:
                 values = list(attack.sweep)
@@ -288,8 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--fpr", type=float, default=0.01)
-    parser.add_argument("--quick", action="store_true", help="default strengths, one seed")
+    parser.add_argument("--fpr", type=float, default=0.01, help="family-wise, as the pipeline")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="default strengths, one seed")
+    modes.add_argument("--paper", action="store_true", help="default strengths, --seeds each")
+    parser.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--throughput-mb", type=int, default=256, help="0 skips it")
     args = parser.parse_args(argv)
@@ -297,7 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     seeds = 1 if args.quick else args.seeds
     datasets = DATASETS if args.dataset == "all" else (args.dataset,)
-    jobs = jobs_for(seeds, args.epochs, args.fpr, args.quick, datasets)
+    chosen = args.attacks.split(",") if args.attacks else None
+    try:
+        jobs = jobs_for(seeds, args.epochs, args.fpr, args.quick or args.paper, datasets, chosen)
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     rows: list[Row] = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -315,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n\n".join(
         [
             f"Attacks on {', '.join(datasets)} ({args.epochs} epochs, {seeds} seed(s), "
-            f"checks at FPR "
-            f"{args.fpr:g} per check, sanitizer k={DEFAULT_BITS['F32']}; "
+            f"checks at a family-wise FPR of "
+            f"{args.fpr:g}, sanitizer k={DEFAULT_BITS['F32']}; "
             f"{time.perf_counter() - start:.0f} s)",
             attack_table(summary, DEFAULT_BITS["F32"]),
             "Sanitizer cost on the honest corpus (holdout accuracy, percentage points):",

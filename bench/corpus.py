@@ -1,6 +1,6 @@
 """The honest-model corpus: what weights look like when nobody hides anything in them.
 
-Trains a few hundred small honest models on scikit-learn's digits and breast_cancer
+Trains 3,000 small honest models on scikit-learn's digits and breast_cancer
 (host-side torch, one thread, no Docker), varying architecture (MLP depth/width, a
 small CNN on digits reshaped to 1x8x8), optimiser (SGD with momentum, Adam), weight
 decay, epochs, learning rate and seed. Every model is trained on the training side
@@ -13,18 +13,23 @@ From the corpus it derives, and writes to `sandbox/checks/calibration.json`:
   false-positive rate (1% by default) and the full per-FPR table;
 - the false-positive rate of each check measured on a held-out half of the corpus
   (calibrate on one half, count flags on the other, both ways);
+- the pipeline's family-wise calibration (`calibrate.familywise_calibrate`: every
+  enabled check at one rank level, chosen by the leave-one-out family-wise rate), for
+  all nine checks and for the seven that need no data, with the rate it predicts and
+  the rate measured on the held-out half;
 - the same per calibration group (the models of each number of classes, with the
   range of parameter counts they span), and the held-out rates with every model
   judged by the group `sandbox.checks.calibrate.choose_group` picks for it;
 - the sanitizer sweep: for k = 8..20 low F32 mantissa bits (and every k for F16,
   BF16), the holdout-accuracy change of each model after sanitising, and the
-  default k (the largest with a mean change within 0.1 percentage point).
+  default k (the largest with a mean change within 0.1 percentage point), on the
+  first 320 models.
 
 Models are cached under `${XDG_CACHE_HOME:-~/.cache}/sandbox/corpus/` (weights as
 safetensors plus a JSON of the config and accuracy), never in the repository, so a
 second run only recomputes the statistics.
 
-    python -m bench.corpus [--models 320] [--quick] [--jobs 2] [--out PATH] [--no-write]
+    python -m bench.corpus [--models 3000] [--quick] [--jobs 2] [--out PATH] [--no-write]
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ HOLDOUT_SEED = 0
 SANITIZE_SWEEP = tuple(range(8, 21))
 SANITIZE_REPEATS = 2
 MAX_ACCURACY_COST_POINTS = 0.1
+#: The sanitizer sweep runs on the first this-many models (about 1.3 s each): the
+#: mean cost it decides k by is resolved long before the thousands the thresholds need.
+SWEEP_MODELS = 320
+#: Corpus size: each check's set of thresholds needs several hundred honest models per
+#: group before a 1% family-wise rate is even attainable (a fresh model beats the
+#: largest of n on one of k checks with probability about k/(n+1)).
+DEFAULT_MODELS = 3000
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "sandbox" / "checks" / "calibration.json"
 
 
@@ -405,6 +417,52 @@ def holdout_fprs(
     return out
 
 
+def holdout_familywise(
+    rows: Sequence[Mapping[str, float]],
+    fprs: Sequence[float],
+    classes: Sequence[int],
+    sizes: Sequence[int],
+    names: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """The pipeline's family-wise calibration, measured on honest models it never saw.
+
+    Fit `calibrate.familywise_calibrate` for the checks `names` on one half (per group,
+    as the shipped file holds them), judge each model of the other half by the group
+    `choose_group` picks for it, count those flagged by any check; both ways, mean.
+    Also the leave-one-out rate the fit itself predicted (mean over the groups used)."""
+    from sandbox.checks.battery import CHECKS
+    from sandbox.checks.calibrate import POOLED, choose_group, familywise_calibrate
+    from sandbox.checks.result import exceeds
+
+    halves = split_halves(len(rows))
+    out: dict[str, dict[str, float]] = {"held_out": {}, "predicted": {}, "allowed": {}}
+    for fpr in fprs:
+        rates: list[float] = []
+        predicted: list[float] = []
+        allowed: list[float] = []
+        for fit, test in (halves, halves[::-1]):
+            members = _group_members(fit, classes)
+            document = _group_document(members, sizes)
+            fitted = {
+                key: familywise_calibrate({n: [rows[i][n] for i in index] for n in names}, fpr)
+                for key, index in members.items()
+            }
+            flagged = 0
+            used: dict[str, int] = {}
+            for i in test:
+                key = choose_group(classes[i], sizes[i], document) if classes else POOLED
+                used[key] = used.get(key, 0) + 1
+                limits = fitted[key].thresholds
+                flagged += any(exceeds(rows[i][n], limits[n], CHECKS[n].tail) for n in names)
+            rates.append(flagged / len(test))
+            predicted.append(sum(fitted[k].corpus_rate * c for k, c in used.items()) / len(test))
+            allowed.append(sum(fitted[k].allowed * c for k, c in used.items()) / len(test))
+        out["held_out"][f"{fpr:g}"] = round(mean(rates), 4)
+        out["predicted"][f"{fpr:g}"] = round(mean(predicted), 4)
+        out["allowed"][f"{fpr:g}"] = round(mean(allowed), 2)
+    return out
+
+
 def _group_members(indices: Sequence[int], classes: Sequence[int] | None) -> dict[str, list[int]]:
     """The pooled corpus and each calibration group: which of `indices` belong."""
     from sandbox.checks.calibrate import POOLED, group_key
@@ -574,7 +632,9 @@ def calibration_document(
     from sandbox.checks.calibrate import FPR_TABLE, POOLED, calibrate
 
     names = [n for n in CHECKS if all(n in r for r in rows)]
-    honest = {n: sorted(round(float(r[n]), 6) for r in rows) for n in names}
+    # In corpus order, aligned across checks: family-wise calibration needs each
+    # model's statistics together (calibrate.ALIGNED_FORMAT).
+    honest = {n: [round(float(r[n]), 6) for r in rows] for n in names}
     table = {f"{fpr:g}": calibrate(honest, fpr) for fpr in FPR_TABLE}
     classes, sizes = model_groups(models)
     members = _group_members(range(len(rows)), classes)
@@ -584,7 +644,7 @@ def calibration_document(
         if key == POOLED:
             continue
         part = [rows[i] for i in index]
-        values = {n: sorted(round(float(r[n]), 6) for r in part) for n in names}
+        values = {n: [round(float(r[n]), 6) for r in part] for n in names}
         by_fpr = {f"{fpr:g}": calibrate(values, fpr) for fpr in FPR_TABLE}
         groups[key] = {
             **shapes[key],
@@ -597,6 +657,7 @@ def calibration_document(
                 for n in names
             },
             "holdout_fpr": holdout_fprs(part, FPR_TABLE),
+            "familywise": _familywise_table(values),
         }
     datasets: dict[str, int] = {}
     archs: dict[str, int] = {}
@@ -604,7 +665,7 @@ def calibration_document(
         datasets[m.config.dataset] = datasets.get(m.config.dataset, 0) + 1
         archs[m.config.arch] = archs.get(m.config.arch, 0) + 1
     return {
-        "format": 1,
+        "format": 2,
         "generated_by": "python -m bench.corpus",
         "corpus": {
             "version": CORPUS_VERSION,
@@ -631,8 +692,43 @@ def calibration_document(
         "holdout_fpr": holdout_fprs(rows, FPR_TABLE),
         "groups": groups,
         "holdout_fpr_routed": holdout_fprs(rows, FPR_TABLE, classes, sizes),
+        "familywise": _familywise_table(honest),
+        "holdout_familywise": {
+            label: holdout_familywise(rows, FPR_TABLE, classes, sizes, subset)
+            for label, subset in _check_sets(names).items()
+        },
         "sanitizer": dict(sweep),
     }
+
+
+def _check_sets(names: Sequence[str]) -> dict[str, list[str]]:
+    """The enabled-check sets the shipped policies use: every check (strict), and the
+    checks that need no training data (default)."""
+    from sandbox.checks.battery import CHECKS
+
+    return {
+        "all checks": list(names),
+        "without data-aware checks": [n for n in names if not CHECKS[n].needs_data],
+    }
+
+
+def _familywise_table(columns: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """Per FPR and check set: the common rank level, the leave-one-out rate and the
+    thresholds `familywise_calibrate` picks on these honest statistics."""
+    from sandbox.checks.calibrate import FPR_TABLE, familywise_calibrate
+
+    table: dict[str, Any] = {}
+    for label, subset in _check_sets(list(columns)).items():
+        entries = {}
+        for fpr in FPR_TABLE:
+            fit = familywise_calibrate({n: columns[n] for n in subset}, fpr)
+            entries[f"{fpr:g}"] = {
+                "honest_beyond_threshold": fit.allowed,
+                "corpus_familywise_rate": round(fit.corpus_rate, 5),
+                "thresholds": {n: round(t, 6) for n, t in fit.thresholds.items()},
+            }
+        table[label] = entries
+    return table
 
 
 def markdown(document: Mapping[str, Any]) -> str:
@@ -651,6 +747,7 @@ def markdown(document: Mapping[str, Any]) -> str:
         )
     lines.append(f"| any check | | | {fpr['any']['0.01']:.3f} | {fpr['any']['0.05']:.3f} |")
     lines += group_markdown(document)
+    lines += familywise_markdown(document)
     lines += [
         "",
         "| dtype | k | mean change (points) | mean drop | worst | runs changed |",
@@ -668,6 +765,25 @@ def markdown(document: Mapping[str, Any]) -> str:
                 f"{row['runs_changed']:.3f} |"
             )
     return "\n".join(lines)
+
+
+def familywise_markdown(document: Mapping[str, Any]) -> list[str]:
+    """The pipeline's family-wise calibration: the rate the corpus predicts (leave one
+    out) and the rate measured on held-out halves, per enabled-check set."""
+    measured: Mapping[str, Any] = document.get("holdout_familywise", {})
+    lines = [
+        "",
+        "| family-wise target | checks | honest beyond each threshold (half) | "
+        "predicted (leave-one-out) | measured on the held-out half |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for label, entry in measured.items():
+        for fpr in entry["held_out"]:
+            lines.append(
+                f"| {float(fpr):.1%} | {label} | {entry['allowed'][fpr]:g} | "
+                f"{entry['predicted'][fpr]:.2%} | {entry['held_out'][fpr]:.2%} |"
+            )
+    return lines
 
 
 def group_markdown(document: Mapping[str, Any]) -> list[str]:
@@ -706,7 +822,7 @@ def group_markdown(document: Mapping[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=320, help="corpus size")
+    parser.add_argument("--models", type=int, default=DEFAULT_MODELS, help="corpus size")
     parser.add_argument("--quick", action="store_true", help="20-model smoke run (no write)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--out", type=Path, default=None, help=f"default: {DEFAULT_OUT}")
@@ -723,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     models = load_corpus(corpus_configs(n), directory=directory, jobs=args.jobs, log=log)
     rows = corpus_statistics(models, args.jobs, directory, log)
-    sweep = sanitizer_sweep(models, args.jobs, directory, log)
+    sweep = sanitizer_sweep(models[:SWEEP_MODELS], args.jobs, directory, log)
     document = calibration_document(models, rows, sweep, time.perf_counter() - start)
     if out is not None:
         tmp = out.with_suffix(".tmp")

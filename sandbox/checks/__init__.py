@@ -4,13 +4,22 @@
   of every float weight (removes LSB payloads whatever their encoding);
 - `run_checks` / `CHECKS`: bit-plane, serial, sign, value-distribution and
   data-aware tests, each a pure function returning a `CheckResult`;
-- `calibrate` / `shipped_thresholds`: thresholds at a false-positive rate from the
+- `shipped_familywise`: the thresholds of a set of checks calibrated together, so
+  that at most a given fraction of honest models is flagged by any of them, from the
   honest-model corpus (`calibration.json`, written by `python -m bench.corpus`);
+  `calibrate` / `shipped_thresholds`: one check's threshold at its own rate;
 - `check_and_sanitize`: the step as the pipeline calls it.
 """
 
 from sandbox.checks.battery import CHECKS, CheckSpec, run_checks
-from sandbox.checks.calibrate import DEFAULT_FPR, calibrate, load_calibration, shipped_thresholds
+from sandbox.checks.calibrate import (
+    DEFAULT_FPR,
+    FamilyCalibration,
+    calibrate,
+    load_calibration,
+    shipped_familywise,
+    shipped_thresholds,
+)
 from sandbox.checks.result import CheckResult, judge
 from sandbox.checks.sanitize import (
     DEFAULT_BITS,
@@ -32,6 +41,7 @@ __all__ = [
     "CheckSpec",
     "ChecksOutcome",
     "ChecksSettings",
+    "FamilyCalibration",
     "KeyStream",
     "RawTensor",
     "SanitizeReport",
@@ -46,6 +56,7 @@ __all__ = [
     "sanitize_arrays",
     "sanitize_file",
     "sanitize_tensors",
+    "shipped_familywise",
     "shipped_thresholds",
     "write_safetensors",
 ]

@@ -16,7 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from sandbox.checks import data, weights
-from sandbox.checks.calibrate import DEFAULT_FPR, choose_group, shipped_thresholds
+from sandbox.checks.calibrate import (
+    DEFAULT_FPR,
+    choose_group,
+    shipped_familywise,
+    shipped_thresholds,
+)
 from sandbox.checks.lowbits import LowBitStats
 from sandbox.checks.result import CheckResult, Tail
 
@@ -126,31 +131,46 @@ def run_checks(
     enabled: Iterable[str] | None = None,
     seed: int | None = None,
     num_classes: int | None = None,
+    check_fpr: Mapping[str, float] | None = None,
 ) -> list[CheckResult]:
     """Run the enabled checks (default: all; data-aware ones only if `x` is given).
 
-    `thresholds` overrides the shipped calibration at `fpr`, per check; a check
-    missing from both runs without a threshold (it reports, never flags). The shipped
-    thresholds are those of the calibration group of `num_classes` (the training
-    data's class count) and the model's own parameter count, or of the pooled corpus
-    (`calibrate.choose_group`); each result names its group in `details`. `seed`
+    `fpr` is family-wise: the shipped thresholds of the checks that run are
+    calibrated together so that at most that fraction of honest models is flagged by
+    any of them (`calibrate.shipped_familywise`). `thresholds` overrides them per
+    check, and `check_fpr` gives a check its own false-positive rate, calibrated on
+    its own (either way the check is left out of the family, whose rate the others
+    then share); a check missing from all of them runs without a threshold (it
+    reports, never flags). The shipped thresholds are those of the calibration group of
+    `num_classes` (the training data's class count) and the model's own parameter
+    count, or of the pooled corpus (`calibrate.choose_group`); each result names its
+    group and the calibration in `details`. `seed`
     fixes the data-aware checks' sampling (calibration); leave it None in production
     so their record subsample, window offsets and controls are unpredictable.
     """
     names = list(CHECKS) if enabled is None else list(enabled)
-    unknown = [n for n in names if n not in CHECKS]
+    unknown = [n for n in [*names, *(check_fpr or {})] if n not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; known: {', '.join(CHECKS)}")
+    names = [n for n in names if x is not None or not CHECKS[n].needs_data]
     group = choose_group(num_classes, sum(int(t.size) for t in tensors.values()))
-    limits: dict[str, float | None] = dict(shipped_thresholds(fpr, group))
-    if thresholds is not None:
-        limits.update(thresholds)
+    # Overrides sit outside the family: the rate is shared by the others only.
+    own_rates = {n: r for n, r in (check_fpr or {}).items() if n in names}
+    overridden = set(thresholds or {}) | set(own_rates)
+    family = shipped_familywise(fpr, group, tuple(n for n in names if n not in overridden))
+    own: dict[str, float | None] = {
+        n: shipped_thresholds(rate, group).get(n) for n, rate in own_rates.items()
+    }
+    limits: dict[str, float | None] = {**family.thresholds, **own, **(thresholds or {})}
+    calibration = family.describe()
     low = weights.scan_low_bits(tensors)
     results = []
     for name in names:
-        spec = CHECKS[name]
-        if spec.needs_data and x is None:
-            continue
-        result = spec.run(tensors, x, limits.get(name), low, seed)
-        results.append(replace(result, details={**result.details, "calibration_group": group}))
+        result = CHECKS[name].run(tensors, x, limits.get(name), low, seed)
+        details = {**result.details, "calibration_group": group}
+        if name in family.thresholds:
+            details["calibration"] = calibration
+        elif name in own_rates and name not in (thresholds or {}):
+            details["calibration"] = f"this check alone at {own_rates[name]:.4g}"
+        results.append(replace(result, details=details))
     return results

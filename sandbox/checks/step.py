@@ -31,10 +31,12 @@ from sandbox.checks.tensors import float_tensors, read_safetensors, write_safete
 class ChecksSettings:
     """The policy's `checks` section, as the step needs it.
 
-    enabled: checks to run (None: all); fpr: false-positive rate of each check's
-    threshold; sanitize: write a sanitised model; sanitize_bits: low mantissa bits per
-    dtype (None: the measured defaults); data_checks: run the data-aware checks;
-    thresholds: explicit per-check overrides of the calibrated thresholds.
+    enabled: checks to run (None: all); fpr: family-wise false-positive rate of the
+    checks that run, calibrated together (`calibrate.shipped_familywise`); sanitize:
+    write a sanitised model; sanitize_bits: low mantissa bits per dtype (None: the
+    measured defaults); data_checks: run the data-aware checks;
+    thresholds: explicit per-check overrides of the calibrated thresholds; check_fpr:
+    per-check false-positive rates (the check is calibrated alone and leaves the family).
     """
 
     enabled: tuple[str, ...] | None = None
@@ -43,14 +45,19 @@ class ChecksSettings:
     sanitize_bits: Mapping[str, int] | None = None
     data_checks: bool = True
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    check_fpr: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.enabled is not None:
             unknown = [n for n in self.enabled if n not in CHECKS]
             if unknown:
                 raise ValueError(f"unknown checks {unknown}; known: {', '.join(CHECKS)}")
-        if not 0 <= self.fpr < 1:
-            raise ValueError(f"fpr must be in [0, 1), got {self.fpr}")
+        unknown = [n for n in self.check_fpr if n not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown checks {unknown} in check_fpr; known: {', '.join(CHECKS)}")
+        for name, rate in {"fpr": self.fpr, **self.check_fpr}.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"{name}: a false-positive rate must be in [0, 1), got {rate}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ def check_and_sanitize(
         x_train if settings.data_checks else None,
         fpr=settings.fpr,
         thresholds=dict(settings.thresholds),
+        check_fpr=dict(settings.check_fpr),
         enabled=enabled,
         num_classes=num_classes,
     )

@@ -220,8 +220,10 @@ def weight_checks(
     sanitized = ctx.workspace.path / "work" / "sanitized.safetensors" if rules.sanitize else None
     settings = ChecksSettings(
         enabled=tuple(rules.enabled),
-        # Bonferroni: the policy's rate bounds an honest model being flagged by ANY check.
-        fpr=rules.fpr / max(1, len(rules.enabled)),
+        # Family-wise: the policy's rate bounds an honest model being flagged by ANY check;
+        # the checks' thresholds are calibrated together on the honest corpus.
+        fpr=rules.fpr,
+        check_fpr={str(name): rate for name, rate in rules.check_fpr.items()},
         sanitize=rules.sanitize,
         sanitize_bits={str(k): v for k, v in rules.sanitize_bits.items()}
         if rules.sanitize_bits

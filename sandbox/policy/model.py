@@ -7,7 +7,7 @@ every field carries its bounds so an invalid file is explained field by field.
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,13 +81,29 @@ class CheckRules(_Strict):
         0.01,
         ge=0.0001,
         le=0.5,
-        description="family-wise false-positive rate: each of the k enabled checks uses fpr/k",
+        description="family-wise false-positive rate: the share of honest models that any "
+        "enabled check may flag (thresholds calibrated together on the honest corpus)",
+    )
+    check_fpr: dict[CheckName, Annotated[float, Field(ge=0.0001, le=0.5)]] = Field(
+        default_factory=dict,
+        description="per-check false-positive rates: a check named here is calibrated on "
+        "its own at that rate and leaves the family that shares `fpr`",
     )
     data_checks: bool = Field(True, description="run the checks that use the training data")
     sanitize: bool = Field(True, description="randomise the low mantissa bits before release")
     sanitize_bits: dict[Literal["F32", "F16", "BF16", "F64"], int] | None = Field(
         None, description="low bits per dtype (default: the measured per-dtype defaults)"
     )
+
+    @model_validator(mode="after")
+    def _rates_for_enabled_checks(self) -> CheckRules:
+        idle = sorted(set(self.check_fpr) - set(self.enabled))
+        if idle:
+            raise ValueError(
+                f"checks.check_fpr sets a rate for {', '.join(idle)}, which checks.enabled "
+                "does not run; enable the check or drop its rate"
+            )
+        return self
 
 
 ProbeFamily = Literal["uniform", "gaussian", "sparse", "binary", "prng", "patch_shuffle", "mixed"]

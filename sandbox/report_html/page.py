@@ -260,10 +260,16 @@ def _lowbits(page: _Page) -> str:
             values = [("all F32 tensors (pooled)", float(entry["statistic"]))]
         if not values:
             continue
-        cal = _map(honest_checks.get(name))
+        group = str(details.get("calibration_group") or "all")
+        group_checks = _map(_map(_map(page.calibration.get("groups")).get(group)).get("checks"))
+        cal = _map(group_checks.get(name)) or _map(honest_checks.get(name))
         honest = _nums(cal.get("honest")) or []
+        judged_by = group if name in group_checks else "all"
         tail = str(entry.get("tail") or cal.get("tail") or "upper")
-        parts.append(f"<h3>{esc(name)} <span class='muted'>({esc(tail)} tail)</span></h3>")
+        parts.append(
+            f"<h3>{esc(name)} <span class='muted'>({esc(tail)} tail; honest range of "
+            f"{len(honest)} models, calibration group {esc(judged_by)})</span></h3>"
+        )
         parts.append(
             svg.range_strip(
                 values,

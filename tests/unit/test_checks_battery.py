@@ -118,3 +118,29 @@ def test_policy_check_names_match_the_battery_once_wired() -> None:
     enabled = rules.model_fields["enabled"].annotation
     (names,) = typing.get_args(enabled)[:1]
     assert set(typing.get_args(names)) == set(CHECKS)
+
+
+def test_a_check_with_its_own_rate_leaves_the_family() -> None:
+    """check_fpr calibrates one check alone at its rate (looser here: 20% of honest
+    models), and the family's thresholds are recalibrated without it."""
+    model, x = _model(), _pixels()
+    family = {r.name: r for r in run_checks(model, x, num_classes=10)}
+    alone = {
+        r.name: r for r in run_checks(model, x, num_classes=10, check_fpr={"sign_runs": 0.2})
+    }
+    own = alone["sign_runs"]
+    assert own.threshold is not None and family["sign_runs"].threshold is not None
+    assert own.threshold < family["sign_runs"].threshold
+    assert own.details["calibration"] == "this check alone at 0.2"
+    assert "sign_runs" in family["value_ks"].details["calibration"]["checks"]
+    assert "sign_runs" not in alone["value_ks"].details["calibration"]["checks"]
+    # the family now spends its rate on eight checks: no threshold gets stricter
+    for name in ("value_ks", "lowbit_patterned", "data_correlation"):
+        assert alone[name].threshold is not None and family[name].threshold is not None
+        assert alone[name].threshold <= family[name].threshold
+    with pytest.raises(ValueError, match="unknown checks"):
+        run_checks(model, x, check_fpr={"nope": 0.1})
+    with pytest.raises(ValueError, match="check_fpr"):
+        ChecksSettings(check_fpr={"nope": 0.1})
+    with pytest.raises(ValueError, match="sign_runs: a false-positive rate"):
+        ChecksSettings(check_fpr={"sign_runs": 1.0})

@@ -85,9 +85,29 @@ def test_attack_summary_and_table() -> None:
     table = attacks.attack_table(list(summary.values()), 19).splitlines()
     assert table[0].startswith("| attack | dataset") and "after k=19" in table[0]
     assert len({len(line) for line in table}) == 1 and len(table) == 2 + 4
-    jobs = attacks.jobs_for(2, 5, 0.01, quick=True)
+    jobs = attacks.jobs_for(2, 5, 0.01, defaults_only=True)
     assert {j[0] for j in jobs} == {"honest", "lsb", "lsb_encrypted", "correlated", "sign"}
     assert all(j[3] == 5 for j in jobs) and len(jobs) == 20
     assert {j[5] for j in jobs} == {"digits", "breast_cancer"}
-    only = attacks.jobs_for(1, 5, 0.01, quick=True, datasets=("breast_cancer",))
+    only = attacks.jobs_for(1, 5, 0.01, defaults_only=True, datasets=("breast_cancer",))
     assert len(only) == 5 and {j[5] for j in only} == {"breast_cancer"}
+    some = attacks.jobs_for(20, 5, 0.01, defaults_only=True, attacks=["honest", "sign"])
+    assert len(some) == 80 and {j[0] for j in some} == {"honest", "sign"}
+    with pytest.raises(ValueError, match="capacity"):
+        attacks.jobs_for(1, 5, 0.01, defaults_only=True, attacks=["capacity"])
+
+
+def test_holdout_familywise_measures_the_calibration_on_models_it_never_saw() -> None:
+    rng = np.random.default_rng(3)
+    n = 4000
+    rows = [{"sign_runs": float(a), "value_kurtosis": float(b)} for a, b in rng.normal(size=(n, 2))]
+    classes = [10 if i % 3 else 2 for i in range(n)]
+    sizes = [1000 if c == 10 else 100 for c in classes]
+    names = ["sign_runs", "value_kurtosis"]
+    table = corpus.holdout_familywise(rows, (0.01, 0.05), classes, sizes, names)
+    assert 0.004 <= table["held_out"]["0.01"] <= 0.018
+    assert 0.035 <= table["held_out"]["0.05"] <= 0.065
+    assert 0.008 <= table["predicted"]["0.01"] <= 0.01  # the fit never predicts above its target
+    # per half, 1% of the 1,333 10-class models is 13 flags, of the 667 2-class ones 6;
+    # two checks share them, so each lets about 6 (resp. 3) lie beyond, minus one
+    assert 3 <= table["allowed"]["0.01"] <= 6

@@ -253,3 +253,18 @@ def test_reference_models_are_shown_with_each_familys_divergence() -> None:
     assert "Two reference models" in text and "0.955" in text and "lr 0.003" in text
     assert "7.25" in text and "0.12" in text
     assert "<script>x</script>" not in page.html  # escaped like every report string
+
+
+def test_lowbit_strip_draws_the_honest_range_of_the_models_calibration_group() -> None:
+    """A model is judged by its class group's thresholds, so its strip shows that
+    group's honest range, not the pooled corpus's (which digits models dominate)."""
+    calibration = load_calibration()
+    report = real_report()
+    patterned = next(c for c in report["checks"] if c["name"] == "lowbit_patterned")
+    for group, models in (
+        ("classes=2", calibration["groups"]["classes=2"]["models"]),
+        ("all", calibration["corpus"]["models"]),
+    ):
+        patterned["details"]["calibration_group"] = group
+        text = visible(render_html(report, calibration))
+        assert f"honest range of {models} models, calibration group {group}" in text

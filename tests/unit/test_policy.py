@@ -53,3 +53,17 @@ def test_forbidding_non_dp_releases_needs_dp_always(mode: str) -> None:
     with pytest.raises(ValidationError, match="allow_non_dp_release: false needs mode: always"):
         DPRules(mode=mode, allow_non_dp_release=False)  # type: ignore[arg-type]
     assert not DPRules(mode="always", allow_non_dp_release=False).allow_non_dp_release
+
+
+def test_a_check_can_have_its_own_false_positive_rate() -> None:
+    text = "name: x\nchecks:\n  check_fpr: {sign_runs: 0.05, value_ks: 0.9, nope: 0.1}\n"
+    with pytest.raises(InvalidInput) as caught:
+        parse_policy(text, "p.yaml")
+    message = caught.value.message
+    assert "checks.check_fpr.value_ks: 0.9 is invalid" in message
+    assert "checks.check_fpr.nope" in message
+    idle = "name: x\nchecks:\n  enabled: [sign_balance]\n  check_fpr: {sign_runs: 0.05}\n"
+    with pytest.raises(InvalidInput, match="check_fpr sets a rate for sign_runs, which"):
+        parse_policy(idle)
+    rules = parse_policy("name: x\nchecks:\n  check_fpr: {sign_runs: 0.05}\n").checks
+    assert rules.check_fpr == {"sign_runs": 0.05}
