@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from sandbox.guest import protocol
 from sandbox.policy.model import Policy
@@ -28,6 +29,24 @@ def resources(policy: Policy) -> Resources:
         nofile=lim.nofile,
         fsize_mb=lim.fsize_mb,
         log_kb=lim.log_kb,
+    )
+
+
+def capped(limits: Resources, seconds_left: float) -> Resources:
+    """`limits` with the wall-clock limit lowered to `seconds_left` (the time left before
+    the policy's fixed release time) where that is less: the container cannot run past it."""
+    return replace(limits, wall_seconds=min(limits.wall_seconds, max(0.0, seconds_left)))
+
+
+def release_overrun_reason(step: str, policy: Policy, *, started: bool = True) -> str:
+    """Why a job that reached its fixed release time still computing was rejected."""
+    delay = policy.release.fixed_delay_seconds
+    what = "was stopped at" if started else "would have started after"
+    return (
+        f"{step}: {what} the policy's fixed release time of {delay} s after submission, "
+        "so the job was rejected (its outcome appears at a fixed time after that, whatever "
+        "the job did); lower the work (epochs, data, model size) to finish well within "
+        f"{delay} s, or ask for a policy with a later release time"
     )
 
 

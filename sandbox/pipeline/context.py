@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sandbox.pipeline import containers
@@ -36,17 +36,48 @@ class JobContext:
     progress: Progress
     logs: list[tuple[str, bytes]] = field(default_factory=list)
     gpu_device: str | None = None
+    #: time.monotonic() of the policy's fixed release time; None: no fixed release time
+    release_at: float | None = None
+    #: set when the job was stopped at (or would have started a step after) release_at
+    overran: bool = False
+
+    def before_release(self, step: str) -> float | None:
+        """Seconds left before the fixed release time (None without one); a step that
+        would start at or after it does not start: StepFailed."""
+        if self.release_at is None:
+            return None
+        left = self.release_at - time.monotonic()
+        if left <= 0:
+            self.overran = True
+            raise StepFailed(containers.release_overrun_reason(step, self.policy, started=False))
+        return left
 
     def run(self, spec: ContainerSpec) -> None:
-        """Run one container; record its logs for the owner; raise StepFailed on failure."""
+        """Run one container; record its logs for the owner; raise StepFailed on failure.
+
+        Under a fixed release time the container's wall-clock limit is the policy's or
+        the time left before the release time, whichever is less, and a container that
+        would start after it does not start: nothing the job does is still running then.
+        """
+        left = self.before_release(spec.step)
+        capped = left is not None and left < spec.resources.wall_seconds
+        if capped and left is not None:
+            spec = replace(spec, resources=containers.capped(spec.resources, left))
         result = run_container(self.runner, spec)
         self.logs.append((spec.step, result.logs))
+        if capped and result.status.timed_out:
+            self.overran = True
+            raise StepFailed(containers.release_overrun_reason(spec.step, self.policy))
         reason = containers.failure_reason(spec.step, result, self.policy)
         if reason is not None:
             raise StepFailed(reason)
 
     @contextmanager
-    def timed(self, step: str, message: str) -> Iterator[None]:
+    def timed(self, step: str, message: str, *, held: bool = False) -> Iterator[None]:
+        """Time a step; before the release time (unless `held`: the release itself),
+        a step that would start after the fixed release time does not start."""
+        if not held:
+            self.before_release(step)
         self.progress(step, message)
         start = time.monotonic()
         try:
