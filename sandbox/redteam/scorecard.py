@@ -8,10 +8,12 @@ Each entry names a channel, what the attempt did, its outcome and the evidence:
 - ``leaked``: information left. A policy may leave a channel open on purpose (the
   default policy does not hide timing); the scorecard says so instead of hiding it.
 
-Budget mode "small" lowers only the wall-clock limit of the endless-loop probe (to
-show the kill without waiting the policy's full limit); every other attempt runs
-under the policy's own settings; the weight attacks train for 10 epochs instead of 30
-(enough for each to carry records) and raw LSB runs in "full" only
+Budget mode "small" lowers the wall-clock limit of the endless-loop probe (to show
+the kill without waiting the policy's full limit) and the release time of the timing
+probes (two jobs whose train.py overruns a fixed release time by different amounts,
+which must have their outcomes appear at the same time) to SMALL_PROBE_DELAY; every
+other attempt runs under the policy's own settings; the weight attacks train for 10
+epochs instead of 30 (enough for each to carry records) and raw LSB runs in "full" only
 (sandbox/redteam/weight_channels.py says why). The membership channel
 (sandbox/redteam/membership_channel.py) is one more whole job, the same in both modes.
 """
@@ -19,15 +21,20 @@ under the policy's own settings; the weight attacks train for 10 epochs instead 
 from __future__ import annotations
 
 import contextlib
-import math
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sandbox.demo import EXAMPLE_ALGORITHM, write_digits
 from sandbox.gate import GateViolation, TensorSpec, gate_output
+from sandbox.pipeline.local import RELEASE_SLACK_SECONDS
 from sandbox.policy.model import Policy
 from sandbox.redteam import escapes, membership_channel, weight_channels
 from sandbox.redteam.escapes import AttackBox
@@ -245,33 +252,143 @@ def _smuggling(box: AttackBox, policy: Policy, scratch: Path) -> list[Entry]:
     return entries
 
 
-def _timing(policy: Policy) -> Entry:
-    """Judged by the pipeline's mechanism (sandbox/pipeline/local.py), not by a job.
+#: Outcome times of the overrun probes that differ by at most this much count as fixed:
+#: host noise (killing a container, writing the report), far below the seconds a train.py
+#: chooses; a leak of the old kind moved them by minutes.
+TIMING_TOLERANCE_S = 3.0
+#: The probes' release time in budget mode "small" (at most the policy's own); "full"
+#: uses the policy's. 60 s: prepare and the gVisor export of the digits MLP take 15-45 s,
+#: so train.py has started when the release time comes.
+SMALL_PROBE_DELAY = 60
+#: How long each probe's train.py sleeps, in multiples of the probes' release time: all
+#: past it, by different amounts, as a train.py signalling bits would.
+PROBE_SLEEPS = (2, 5)
 
-    A fixed release time hides how long a job ran only for jobs that end before it:
-    one still running then is rejected when it ends, so its outcome appears at a time
-    its own code chose, anywhere up to the containers' wall-clock limits.
-    """
+
+@dataclass(frozen=True)
+class TimingProbe:
+    """One overrun probe: a job whose train.py sleeps `sleep_s` before training."""
+
+    sleep_s: float
+    seconds: float  # from submission until run_local returned with the outcome
+    decision: str
+    reason: str
+
+    @property
+    def step(self) -> str:
+        """The step the job was in when the release time came (or its first reason)."""
+        return self.reason.split(":", 1)[0] if ":" in self.reason else self.reason[:60]
+
+
+def probe_delay(policy: Policy, budget: Budget) -> int | None:
+    """The release time the timing probes run under (None: the policy has none)."""
     delay = policy.release.fixed_delay_seconds
-    attempt = "modulate how long the job runs to signal bits"
+    if delay is None or budget == "full":
+        return delay
+    return min(delay, SMALL_PROBE_DELAY)
+
+
+def _sleeping_package(dest: Path, sleep_s: float) -> None:
+    """The digits example whose train.py first sleeps `sleep_s` (as if read from the data)."""
+    shutil.copytree(EXAMPLE_ALGORITHM, dest)
+    train = dest / "train.py"
+    train.write_text(
+        f"import time\ntime.sleep({sleep_s!r})  # the attacker's data-dependent delay\n"
+        + train.read_text()
+    )
+
+
+def _timing_probe(
+    policy: Policy, runner: Runner, image: str, root: Path, sleep_s: float
+) -> TimingProbe:
+    base = root / f"sleep-{sleep_s:g}"
+    (base / "package").parent.mkdir(parents=True)
+    _sleeping_package(base / "package", sleep_s)
+    dataset = write_digits(base / "digits.npz")
+    started = time.monotonic()
+    report = weight_channels.run_job(
+        base, dataset, policy, runner, image, uuid.uuid4().hex, lambda step, message: None
+    )
+    seconds = time.monotonic() - started
+    return TimingProbe(sleep_s, seconds, report.decision, (report.reasons or [""])[0])
+
+
+def start_timing_probes(
+    policy: Policy,
+    runner: Runner,
+    image: str,
+    *,
+    budget: Budget = "small",
+    say: Callable[[str], None] = lambda message: None,
+) -> Callable[[], list[TimingProbe]] | None:
+    """Under a fixed release time, start the overrun probes in the background (None
+    without one); the returned call waits for them. Each is a whole job through
+    `run_local` under `policy` with its release time at `probe_delay`."""
+    delay = probe_delay(policy, budget)
     if delay is None:
+        return None
+    release = policy.release.model_copy(update={"fixed_delay_seconds": delay})
+    probed = policy.model_copy(update={"release": release})
+    tmp = tempfile.TemporaryDirectory(prefix="sandbox-scorecard-timing-")
+    pool = ThreadPoolExecutor(max_workers=len(PROBE_SLEEPS), thread_name_prefix="timing")
+    say(f"timing: {len(PROBE_SLEEPS)} jobs overrunning a {delay} s release time")
+    futures = [
+        pool.submit(_timing_probe, probed, runner, image, Path(tmp.name), float(k * delay))
+        for k in PROBE_SLEEPS
+    ]
+
+    def wait() -> list[TimingProbe]:
+        try:
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            tmp.cleanup()
+
+    return wait
+
+
+def _timing(policy: Policy, probes: Sequence[TimingProbe] = (), delay: int | None = None) -> Entry:
+    """Judged by measurement: jobs whose train.py overruns the release time by different
+    amounts (`start_timing_probes`) must have their outcomes appear at the same time.
+
+    Each overrun probe is stopped at the release time and its rejection appears a fixed
+    slack later (sandbox/pipeline/local.py); a job that ends in time appears at the
+    release time. `neutralized` only if both probes were rejected for the release time
+    and their outcome times agree within TIMING_TOLERANCE_S.
+    """
+    attempt = "modulate how long the job runs to signal bits"
+    if policy.release.fixed_delay_seconds is None:
         evidence = (
             "this policy releases as soon as the job ends, so the release time follows the "
             "training time (set release.fixed_delay_seconds to hide it)"
         )
         return Entry("timing", "timing", attempt, "leaked", evidence)
-    wall = policy.limits.wall_seconds
-    bits = math.log2(max(2, wall))
+    own = policy.release.fixed_delay_seconds
+    delay = delay or own
+    if len(probes) < 2:
+        evidence = "not measured (no overrun probes ran): a fixed release time alone proves nothing"
+        return Entry("timing", "timing", attempt, "leaked", evidence)
+    slack = RELEASE_SLACK_SECONDS
+    spread = max(p.seconds for p in probes) - min(p.seconds for p in probes)
+    stopped = all(p.decision == "rejected" and "fixed release time" in p.reason for p in probes)
+    fixed = stopped and spread <= TIMING_TOLERANCE_S
+    sleeps = " and ".join(f"{p.sleep_s:.0f} s" for p in probes)
+    times = " and ".join(f"{p.seconds:.1f} s" for p in probes)
+    decisions = ", ".join(f"{p.decision} in {p.step}" for p in probes)
+    lowered = f" (budget mode: lowered from the policy's {own} s)" if delay != own else ""
     evidence = (
-        f"a job that ends within {delay} s has its outcome appear exactly {delay} s after "
-        "submission, which hides its duration; but a job still running then is rejected "
-        "only when it ends, so a train.py that overruns on purpose (sleeping a "
-        f"data-dependent time, up to the {wall} s wall-clock limit) shows the provider "
-        f"how long it ran: about {bits:.0f} bits per job at 1 s resolution, "
-        f"{policy.quotas.jobs_per_provider_per_day} jobs a day; stopping the job at the "
-        "release time would close it"
+        f"jobs whose train.py slept {sleeps}, past the {delay} s release time{lowered}: "
+        f"{decisions}; outcomes {times} after submission (release + {slack:.0f} s slack = "
+        f"{delay + slack:.0f} s), spread {spread:.1f} s "
+        + (f"<= {TIMING_TOLERANCE_S:.0f} s" if fixed else f"(tolerance {TIMING_TOLERANCE_S:.0f} s)")
+        + f"; a job that ends in time appears at {delay} s: "
+        + (
+            "two fixed times whatever the job does"
+            if fixed
+            else "the outcome time follows what the job did"
+        )
     )
-    return Entry("timing", "timing", attempt, "leaked", evidence)
+    return Entry("timing", "timing", attempt, "neutralized" if fixed else "leaked", evidence)
 
 
 def _conventional(policy: Policy) -> list[Entry]:
@@ -302,7 +419,6 @@ def _conventional(policy: Policy) -> list[Entry]:
             "the provider learns only the decision (released or rejected): at most one "
             "bit per job, not the status or the reason",
         ),
-        _timing(policy),
     ]
 
 
@@ -364,7 +480,8 @@ def run_scorecard(
     """Every attempt against `policy`. `weights` adds the weight attacks and the
     membership attack, each a whole job through the pipeline (minutes; `sandbox policy
     test` always runs them). They start first; under a fixed release time all of them
-    at once, and the isolation probes run while they hold (`parallel_jobs`)."""
+    at once, and the isolation probes and the timing jobs (`start_timing_probes`, two
+    whole jobs under a fixed release time) run while they hold (`parallel_jobs`)."""
     say = progress or (lambda message: None)
     entries: list[Entry] = []
     behind = len(weight_channels.channels_for(budget))
@@ -384,15 +501,22 @@ def run_scorecard(
         if weights
         else None
     )
+    finish_timing: Callable[[], list[TimingProbe]] | None = None
     try:
         delay = policy.release.fixed_delay_seconds
         if weights and delay is not None:
-            # the probes' containers (the endless loop spins a core on purpose) run while
-            # the jobs hold, not while they race their release time
+            # the probes' containers (the endless loop spins a core on purpose) and the
+            # timing jobs run while the jobs hold, not while they race their release time
             say("isolation: waiting until the attack jobs hold their outcomes")
             turns.idle(behind + 1, timeout=delay)
+        finish_timing = start_timing_probes(policy, runner, image, budget=budget, say=say)
         entries.extend(_isolation_and_smuggling(policy, runner, image, budget, say, work_root))
         entries.extend(_conventional(policy))
+        probes: list[TimingProbe] = []
+        if finish_timing is not None:
+            say("timing: waiting for the overrun jobs")
+            probes, finish_timing = finish_timing(), None
+        entries.append(_timing(policy, probes, probe_delay(policy, budget)))
         if finish_weights is not None:
             say("weights: waiting for the attack jobs")
             done_weights, finish_weights = finish_weights(), None
@@ -415,7 +539,7 @@ def run_scorecard(
     except BaseException:
         # the jobs still running end, and their containers and files go, before we
         # return: a failed weight job must not leave the membership job's mounts behind
-        for finish in (finish_weights, finish_membership):
+        for finish in (finish_weights, finish_membership, finish_timing):
             if finish is not None:
                 with contextlib.suppress(Exception):  # the first error is the one to see
                     finish()

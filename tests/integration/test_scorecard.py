@@ -39,11 +39,12 @@ def test_every_escape_and_smuggling_attempt_is_blocked(
     for attempt in ISOLATION | set(SMUGGLING) | {"file-size", "logs"}:
         assert outcomes[attempt] == "blocked", [e for e in card.results if e.name == attempt]
     assert outcomes["exit-status"] == "neutralized"
-    # Honest about what is open: default releases at once; strict's fixed release time
-    # hides the duration of jobs that end in time, not of one that overruns on purpose.
-    assert outcomes["timing"] == "leaked"
-    timing = next(e.evidence for e in card.results if e.name == "timing")
-    assert ("overruns on purpose" in timing) == (name == "strict"), timing
+    # Honest about what is open: default releases at once; under strict's fixed release
+    # time two jobs whose train.py overruns it by different amounts are stopped and
+    # their rejections appear at the same time (measured: the evidence has the numbers).
+    timing = next(e for e in card.results if e.name == "timing")
+    assert timing.outcome == ("neutralized" if name == "strict" else "leaked"), timing
+    assert ("outcomes " in timing.evidence) == (name == "strict"), timing
     assert all(entry.evidence for entry in card.results)
     assert not list((tmp_path / "work").iterdir())
 

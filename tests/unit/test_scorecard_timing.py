@@ -1,32 +1,85 @@
 """The timing entry says what each shipped policy's release rule leaves open.
 
-Without a fixed release time the outcome follows the job's end. With one, outcomes of
-jobs that end in time appear exactly then, but a job still running is rejected only
-when it ends (sandbox/pipeline/local.py), so a job that overruns on purpose still
-shows how long it ran: the entry must not call that neutralized.
+Without a fixed release time the outcome follows the job's end: `leaked`. With one the
+entry is measured: jobs whose train.py overruns the release time by different amounts
+(the scorecard's overrun probes) must all be stopped and rejected, and their outcomes
+must appear at the same time (within TIMING_TOLERANCE_S); otherwise `leaked`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from sandbox.pipeline.local import RELEASE_SLACK_SECONDS
 from sandbox.policy.load import load_policy
-from sandbox.redteam.scorecard import _timing
+from sandbox.redteam.scorecard import (
+    SMALL_PROBE_DELAY,
+    TIMING_TOLERANCE_S,
+    TimingProbe,
+    _sleeping_package,
+    _timing,
+    probe_delay,
+)
 from sandbox.redteam.weight_channels import job_time
+
+STOPPED = (
+    "train: was stopped at the policy's fixed release time of 60 s after submission, so the "
+    "job was rejected"
+)
+
+
+def _probe(
+    sleep_s: float, seconds: float, decision: str = "rejected", reason: str = STOPPED
+) -> TimingProbe:
+    return TimingProbe(sleep_s, seconds, decision, reason)
 
 
 def test_default_releases_at_once_and_says_so() -> None:
-    entry = _timing(load_policy("default"))
+    default = load_policy("default")
+    entry = _timing(default)
     assert entry.outcome == "leaked"
     assert "as soon as the job ends" in entry.evidence
+    assert probe_delay(default, "small") is None  # nothing to measure, no jobs started
 
 
-def test_a_fixed_release_time_still_leaks_through_a_job_that_overruns() -> None:
+def test_overrun_outcomes_at_one_fixed_time_are_neutralized() -> None:
     strict = load_policy("strict")
-    entry = _timing(strict)
+    delay = probe_delay(strict, "small")
+    assert delay == SMALL_PROBE_DELAY == 60
+    assert probe_delay(strict, "full") == strict.release.fixed_delay_seconds == 240
+    entry = _timing(strict, [_probe(120, 90.4), _probe(300, 91.1)], delay)
+    assert entry.outcome == "neutralized", entry.evidence
+    for number in ("120 s and 300 s", "90.4 s and 91.1 s", "spread 0.7 s", "60 s release"):
+        assert number in entry.evidence, entry.evidence
+    assert "rejected in train" in entry.evidence
+    assert f"release + {RELEASE_SLACK_SECONDS:.0f} s slack" in entry.evidence
+    assert "lowered from the policy's 240 s" in entry.evidence
+
+
+def test_outcome_times_that_follow_the_sleep_leak() -> None:
+    """What the pipeline did before issue 8: each rejection appeared when the job ended."""
+    strict = load_policy("strict")
+    entry = _timing(strict, [_probe(8, 29.9), _probe(20, 42.0)], 5)
     assert entry.outcome == "leaked"
-    assert f"exactly {strict.release.fixed_delay_seconds} s" in entry.evidence
-    assert "overruns on purpose" in entry.evidence
-    assert f"{strict.limits.wall_seconds} s wall-clock limit" in entry.evidence
-    assert "about 9 bits per job" in entry.evidence  # log2(600 s) at 1 s resolution
+    assert "29.9 s and 42.0 s" in entry.evidence and "follows what the job did" in entry.evidence
+    just_over = _timing(strict, [_probe(120, 90.0), _probe(300, 90.0 + TIMING_TOLERANCE_S + 0.1)])
+    assert just_over.outcome == "leaked"
+
+
+def test_a_probe_that_was_not_stopped_for_the_release_time_leaks() -> None:
+    strict = load_policy("strict")
+    released = _timing(strict, [_probe(120, 90.0), _probe(300, 90.5, "released", "ok")], 60)
+    assert released.outcome == "leaked"
+    other = _timing(strict, [_probe(120, 90.0), _probe(300, 90.5, reason="export: status 1")], 60)
+    assert other.outcome == "leaked"
+    assert _timing(strict, []).outcome == "leaked"  # unmeasured is not neutralized
+
+
+def test_the_probe_package_sleeps_before_training(tmp_path: Path) -> None:
+    _sleeping_package(tmp_path / "package", 120.0)
+    train = (tmp_path / "package" / "train.py").read_text()
+    assert train.startswith("import time\ntime.sleep(120.0)")
+    assert (tmp_path / "package" / "algorithm.toml").is_file()
 
 
 def test_a_held_jobs_evidence_gives_its_computing_time() -> None:
