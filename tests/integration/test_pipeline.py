@@ -39,7 +39,7 @@ from safetensors.numpy import load_file
 from sandbox.demo import write_digits
 from sandbox.errors import InvalidInput, LimitExceeded, NotFound, SandboxError
 from sandbox.pipeline.dataset import load_dataset, split_holdout
-from sandbox.pipeline.local import run_local
+from sandbox.pipeline.local import RELEASE_SLACK_SECONDS, run_local
 from sandbox.pipeline.report import Report
 from sandbox.policy.load import load_policy
 from sandbox.policy.model import Policy
@@ -522,13 +522,21 @@ def test_fixed_release_time_hides_how_long_the_job_took(
     assert 30 <= elapsed < 36
 
 
-def test_job_still_running_at_the_release_time_is_rejected(
+def test_job_still_running_at_the_release_time_is_stopped_and_rejected(
     job: Job, digits: Path, runtime_image: str
 ) -> None:
+    """Stopped at the release time (no container runs past it) and rejected, the
+    rejection appearing at release + RELEASE_SLACK_SECONDS whatever the job was doing."""
+    started = time.monotonic()
     report = run(job, ALGORITHMS / "linear_ok", digits, with_release_delay(5), runtime_image)
+    elapsed = time.monotonic() - started
     assert report["decision"] == "rejected"
     assert report["model"] is None
-    assert "ran past the policy's fixed release time of 5 s" in report["reasons"][-1]
+    reason = report["reasons"][-1]
+    assert "the policy's fixed release time of 5 s" in reason, reason
+    assert "ask for a policy with a later release time" in reason
+    assert 5 + RELEASE_SLACK_SECONDS <= elapsed < 5 + RELEASE_SLACK_SECONDS + 5, elapsed
+    assert "utility" not in job.runner.steps  # nothing started after the release time
     assert out_listing(job.out) == REJECTED_LISTING
 
 
