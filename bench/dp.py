@@ -34,7 +34,12 @@ stands in for private data here, and a data owner who tunes on the private data
 must charge the tuning to the privacy budget. The policy's defaults
 (`sandbox.policy.model.DPRules`) are the epsilon-3 row.
 
-    .venv/bin/python -m bench.dp [--repeats 5] [--epochs N] [--threads 1] [--json]
+The trainer computes each clipped sum by ghost norms where the graph is linear
+layers only, as this one is (`dp_train.ghost_graph`); `--vmap` makes it materialise
+every per-example gradient with vmap instead, as it did before 2026-12-06 (the same
+sums; the time ratio is what changes).
+
+    .venv/bin/python -m bench.dp [--repeats 5] [--epochs N] [--threads 1] [--vmap] [--json]
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ BASE_BATCH, BASE_LR = 64, 3e-3
 
 # Examples per vmap call: 256-2048 first ran within noise of each other, 64-128 slower;
 # a later timing (20 full-batch steps, CPU s) gave 0.57 / 0.47 / 0.63 / 0.64 / 0.70 for
-# 128 / 256 / 512 / 1024 / 2048.
+# 128 / 256 / 512 / 1024 / 2048. With ghost clipping the trainer scales it by
+# parameters / layer widths (`dp_train.ghost_chunk`: 7,424 here, one call per step).
 CHUNK = 256
 
 # Per-epsilon DP settings (one policy per epsilon); --epochs overrides every row's epochs.
@@ -302,6 +308,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=CHUNK, help="examples per vmap call")
     parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+    parser.add_argument(
+        "--vmap", action="store_true", help="per-example gradients by vmap, not ghost norms"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -344,6 +353,7 @@ def main() -> None:
                     configs[eps],
                     sample_generator=dp_train.make_generator(cpu),
                     noise_generator=dp_train.make_generator(cpu),
+                    ghost=not args.vmap,
                 )
                 params, seconds = result.params, result.seconds
             cpu_seconds = time.process_time() - cpu_start
@@ -450,7 +460,8 @@ def main() -> None:
     print(
         f"digits, {n} train / {len(holdout)} holdout, delta {DELTA:g}, "
         f"{args.accountant.upper()} accountant, {args.repeats} repeats, "
-        f"{torch.get_num_threads()} thread(s)\n"
+        f"{torch.get_num_threads()} thread(s), per-example clipping by "
+        f"{'vmap' if args.vmap else 'ghost norms where the graph allows'}\n"
     )
     print(markdown_table(header, rows))
 

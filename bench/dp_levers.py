@@ -1,8 +1,9 @@
 """DP-SGD levers on digits in seconds: a closed-form copy of the example MLP's DP-SGD.
 
-`bench/dp.py` runs the production trainer (`sandbox.guest.dp_train`: vmap per-example
-gradients over the exported graph), 1-3 s of CPU a run. Comparing levers needs
-many seeds, so this module trains the same 64-128-10 MLP with the same DP-SGD - every
+`bench/dp.py` runs the production trainer (`sandbox.guest.dp_train` on the exported
+graph: vmap per-example gradients until 2026-12-06, 1-3 s of CPU a run; ghost norms
+through vmap since, 0.15-0.5 s). Comparing levers needs many seeds, so this module
+trains the same 64-128-10 MLP with the same DP-SGD - every
 example in every step (or Poisson sampling), each example's whole gradient clipped
 to C, Gaussian noise sigma * C per coordinate, divided by q * n, SGD with momentum as
 torch.optim.SGD does it, the iterate average with its (1+t)/(10+t) ramp, the zero

@@ -15,6 +15,12 @@ parameter with the platform's own rule from the OS CSPRNG, and trains with DP-SG
 - each example's gradient clipped to L2 norm `clip` over all parameters jointly
   (a non-finite gradient counts as zero), summed, plus Gaussian noise
   N(0, (sigma * clip)^2) per coordinate, divided by the EXPECTED batch size q * n;
+- where every parameter is the weight or bias of exactly one linear layer
+  (`ghost_graph`), the clipped sum comes from ghost norms instead (`ghost_clipped_sum`):
+  the same vmap over single examples yields each layer's input and output gradient,
+  from which each example's norm and the clipped sum follow without materialising
+  per-example gradients; the same sums to float rounding, several times faster. Any
+  other graph goes the vmap way;
 - an optimiser step (SGD or Adam) owned by this trainer: the module is a pure
   function of the parameters passed in; its own state is never read back.
 
@@ -28,8 +34,9 @@ Philox on CUDA) are not themselves cryptographic, and floating-point Gaussian
 samples are not exact; both are the usual practice of DP-SGD libraries (Opacus'
 default mode) and are named as residual risks in the report.
 
-The core (`per_example_grads`, `clip_and_sum`, `noisy_step`, `train`) is plain
-functions, importable and tested on the host; `main()` is the container entry.
+The core (`per_example_grads`, `clip_and_sum`, `ghost_graph`, `ghost_clipped_sum`,
+`noisy_step`, `train`) is plain functions, importable and tested on the host;
+`main()` is the container entry.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import math
 import operator
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -443,6 +450,18 @@ def per_example_grads(
     return result
 
 
+def _clip_factors(squares: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's clipping factor (float32) from its squared gradient norm (float64).
+
+    factor = min(1, clip / (norm + eps)), and 0 where the squared norm is not finite;
+    also returns which examples were finite.
+    """
+    finite = torch.isfinite(squares)
+    factor = (clip / (squares.sqrt() + _NORM_EPS)).clamp(max=1.0)
+    factor = torch.where(finite, factor, torch.zeros_like(factor)).float()
+    return factor, finite
+
+
 def clip_and_sum(grads: Mapping[str, torch.Tensor], clip: float) -> Tensors:
     """Clip each example's gradient to L2 norm `clip` over all parameters jointly; sum.
 
@@ -459,15 +478,292 @@ def clip_and_sum(grads: Mapping[str, torch.Tensor], clip: float) -> Tensors:
     for g in grads.values():
         norms = torch.linalg.vector_norm(g.reshape(count, -1), dim=1).double()
         squares = squares + norms * norms
-    finite = torch.isfinite(squares)
-    factor = (clip / (squares.sqrt() + _NORM_EPS)).clamp(max=1.0)
-    factor = torch.where(finite, factor, torch.zeros_like(factor)).float()
+    factor, finite = _clip_factors(squares, clip)
     clean = bool(finite.all())
     summed: Tensors = {}
     for name, g in grads.items():
         values = g if clean else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
         summed[name] = torch.tensordot(factor.to(values.dtype), values, dims=1)
     return summed
+
+
+# --------------------------------------------------------------------------- ghost clipping
+#
+# The same clipped sum without materialising any per-example gradient, for graphs whose
+# parameters are all weights and biases of linear layers (Goodfellow 2015; Li et al.,
+# ICLR 2022; Bu et al. 2023, "book-keeping"). The graph still runs under vmap on ONE
+# example at a time, exactly as in `per_example_grads`, so what each example's numbers
+# depend on is unchanged; vmap only differentiates with respect to a zero added to each
+# linear layer's output instead of the parameters. That gives, per example i and layer l,
+# the layer's input a_il ([1, in]) and the gradient of the loss at its output g_il
+# ([1, out]). A parameter used by nothing but that one layer has the per-example gradient
+# g_il^T a_il (weight) and g_il (bias), so the squared norm of example i's whole gradient
+# is sum_l |a_il|^2 |g_il|^2 (+ |g_il|^2 with a bias), and the clipped sum is
+# sum_i f_i g_il^T a_il = (f * g_l)^T a_l, one matrix product per layer. The bound does
+# not rest on the recognition being right: f_i comes from the norms of the very a_il and
+# g_il that make example i's contribution, so that contribution's norm is below `clip`
+# whatever they are; the recognition is what makes the sum equal vmap's. A graph it does
+# not recognise goes the vmap way (`ghost_graph` returns None).
+
+_LINEAR = torch.ops.aten.linear.default
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@dataclass(frozen=True)
+class GhostLayer:
+    """One linear layer: its parameters' names and its per-example input / output widths."""
+
+    weight: str
+    bias: str | None
+    inputs: int
+    outputs: int
+
+
+@dataclass(frozen=True)
+class GhostGraph:
+    """The graph rewritten for ghost clipping: `module(x, *z)` returns `(output, inputs)`.
+
+    `z` holds one tensor per layer of `layers`, added to that layer's output (zeros in
+    use); `inputs` holds each layer's input. Parameters are looked up by the same names
+    as in the original graph, with `functional_call`.
+    """
+
+    module: torch.fx.GraphModule
+    layers: tuple[GhostLayer, ...]
+    parameters: int  # elements in all parameters: a vmap chunk's gradients hold chunk x this
+
+
+def _attribute(module: torch.nn.Module, target: str) -> Any:
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _same_size(a: int | torch.SymInt, b: int | torch.SymInt) -> bool:
+    """Whether two sizes from the graph's shape metadata are the same (symbolic) size."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    if isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt):
+        return bool(a.node.expr == b.node.expr)
+    return False
+
+
+def ghost_graph(module: torch.nn.Module, names: Iterable[str]) -> GhostGraph | None:
+    """The ghost-clipping form of `module`, or None where the graph is not one it covers.
+
+    Covered (anything else is None, and the trainer uses vmap): an fx graph with one
+    input, in which every parameter named in `names` is read by exactly one node, once,
+    and that node is `aten.linear` taking it as its weight (2-D) or its bias (1-D, with a
+    parameter as the weight); no parameter is read twice or under two names (tied
+    weights), none is a layer's input; and each such layer's input is, by the graph's
+    shape metadata, [batch, features] with the batch dimension of the graph's input, so
+    that on one example it is [1, features] (checked again on every call).
+    """
+    if not isinstance(module, torch.fx.GraphModule):
+        return None
+    wanted = set(names)
+    declared = [name for name, _ in module.named_parameters(remove_duplicate=False)]
+    if len(declared) != len(wanted) or set(declared) != wanted or any(module.buffers()):
+        return None  # tied parameters (one tensor, two names), buffers, or other names
+    graph = module.graph
+    nodes = list(graph.nodes)
+    for node in nodes:
+        if node.op in ("call_method", "root"):
+            return None
+        if node.op == "call_module":
+            sub = _attribute(module, str(node.target))
+            if any(sub.parameters()) or any(sub.buffers()):
+                return None  # a call that could read parameters without a get_attr
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    if len(inputs) != 1 or not wanted:
+        return None
+    batch_meta = inputs[0].meta.get("val")
+    if not isinstance(batch_meta, torch.Tensor) or batch_meta.dim() < 1:
+        return None
+    batch = batch_meta.shape[0]
+    reads: dict[str, torch.fx.Node] = {}
+    seen: set[int] = set()
+    for node in nodes:
+        if node.op != "get_attr":
+            continue
+        target = str(node.target)
+        try:
+            value = _attribute(module, target)
+        except AttributeError:
+            return None
+        if not isinstance(value, torch.Tensor):
+            continue
+        if id(value) in seen or target in reads:
+            return None  # one tensor under two names, or read twice
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Parameter) or target in wanted:
+            if target not in wanted:
+                return None
+            reads[target] = node
+    if set(reads) != wanted:
+        return None
+    by_node = {node: name for name, node in reads.items()}
+    layers: list[tuple[torch.fx.Node, GhostLayer]] = []
+    claimed: set[str] = set()
+    for node in nodes:
+        if node.op != "call_function" or node.target is not _LINEAR:
+            continue
+        args = node.args
+        if node.kwargs or len(args) not in (2, 3) or args[0] in by_node:
+            if any(a in by_node for a in node.all_input_nodes):
+                return None
+            continue
+        weight = args[1]
+        bias = args[2] if len(args) == 3 else None
+        if weight not in by_node:
+            if bias in by_node:
+                return None  # a parameter bias on a weight that is not a parameter
+            continue
+        assert isinstance(weight, torch.fx.Node)
+        if bias is not None and bias not in by_node:
+            return None
+        weight_name = by_node[weight]
+        bias_name = by_node[bias] if isinstance(bias, torch.fx.Node) else None
+        w = _attribute(module, weight_name)
+        if w.dim() != 2 or weight_name == bias_name:
+            return None
+        if bias_name is not None and tuple(_attribute(module, bias_name).shape) != (w.shape[0],):
+            return None
+        source = args[0]
+        meta = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+        if (
+            not isinstance(meta, torch.Tensor)
+            or meta.dim() != 2
+            or not _same_size(meta.shape[0], batch)
+            or not _same_size(meta.shape[1], int(w.shape[1]))
+        ):
+            return None
+        layers.append((node, GhostLayer(weight_name, bias_name, int(w.shape[1]), int(w.shape[0]))))
+        claimed.add(weight_name)
+        if bias_name is not None:
+            claimed.add(bias_name)
+    if claimed != wanted:
+        return None
+    for node in reads.values():
+        users = list(node.users)
+        if len(users) != 1 or users[0].target is not _LINEAR:
+            return None
+        if sum(1 for a in users[0].args if a is node) != 1:
+            return None
+
+    rewritten = torch.fx.Graph()
+    remap: dict[torch.fx.Node, torch.fx.Node] = {}
+    output = rewritten.graph_copy(graph, remap)
+    last = remap[inputs[0]]
+    zs: list[torch.fx.Node] = []
+    for index in range(len(layers)):
+        with rewritten.inserting_after(last):
+            last = rewritten.placeholder(f"ghost_z{index}")
+        zs.append(last)
+    captured: list[torch.fx.Node] = []
+    shifted: dict[torch.fx.Node, torch.fx.Node] = {}
+    for (node, _), z in zip(layers, zs, strict=True):
+        linear = remap[node]
+        with rewritten.inserting_after(linear):
+            shifted[linear] = rewritten.call_function(torch.ops.aten.add.Tensor, (linear, z))
+        for user in list(linear.users):
+            if user is not shifted[linear]:
+                user.replace_input_with(linear, shifted[linear])
+        source = linear.args[0]
+        assert isinstance(source, torch.fx.Node)
+        captured.append(source)
+    # graph_copy returned the output's value without an output node: map it as well
+    result = torch.fx.map_arg(output, lambda n: shifted.get(n, n))
+    rewritten.output((result, tuple(captured)))
+    rewritten.lint()
+    parameters = sum(_attribute(module, name).numel() for name in wanted)
+    return GhostGraph(
+        torch.fx.GraphModule(module, rewritten), tuple(layer for _, layer in layers), parameters
+    )
+
+
+def ghost_chunk(ghost: GhostGraph, chunk: int) -> int:
+    """Examples per vmap call on the ghost path, for the memory `chunk` allows the vmap path.
+
+    `chunk` bounds a vmap call's per-example gradients (chunk x all parameters); the ghost
+    path keeps per example only each layer's input and output gradient, so the same
+    memory holds more examples.
+    """
+    kept = sum(layer.inputs + layer.outputs for layer in ghost.layers)
+    return max(chunk, min(65536, chunk * (ghost.parameters // max(kept, 1))))
+
+
+def ghost_clipped_sum(
+    ghost: GhostGraph,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip: float,
+    chunk: int,
+    label_smoothing: float = 0.0,
+) -> Tensors | None:
+    """`clipped_sum` by ghost norms; None if a layer's input is not [1, features] per example.
+
+    Each example's squared norm is summed in float64 from its layers' factors; a
+    parameter's share that a float32 norm could not hold counts as infinite, so, as in
+    `clip_and_sum`, a gradient with a non-finite entry or an overflowing norm contributes
+    zero (its rows are zeroed before the products).
+    """
+    first = params[ghost.layers[0].weight]
+    zeros = tuple(
+        torch.zeros(1, layer.outputs, dtype=params[layer.weight].dtype, device=first.device)
+        for layer in ghost.layers
+    )
+
+    def loss(
+        z: tuple[torch.Tensor, ...], xi: torch.Tensor, yi: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out, inputs = torch.func.functional_call(
+            ghost.module, (dict(params), dict(buffers)), (xi.unsqueeze(0), *z), strict=True
+        )
+        value = torch.nn.functional.cross_entropy(
+            _logits(out), yi.unsqueeze(0), label_smoothing=label_smoothing
+        )
+        return value, tuple(inputs)
+
+    step = torch.func.vmap(
+        torch.func.grad(loss, has_aux=True), in_dims=(None, 0, 0), randomness="error"
+    )
+    total: Tensors = {name: torch.zeros_like(p) for name, p in params.items()}
+    for start in range(0, x.shape[0], chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        count = xs.shape[0]
+        grads, inputs = step(zeros, xs, ys)
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        squares = torch.zeros(count, dtype=torch.float64, device=first.device)
+        for layer, out_grad, layer_input in zip(ghost.layers, grads, inputs, strict=True):
+            if tuple(out_grad.shape) != (count, 1, layer.outputs) or tuple(layer_input.shape) != (
+                count,
+                1,
+                layer.inputs,
+            ):
+                return None
+            g = out_grad.reshape(count, layer.outputs)
+            a = layer_input.reshape(count, layer.inputs)
+            g2 = g.double().square().sum(1)
+            w2 = a.double().square().sum(1) * g2
+            squares = squares + torch.where(w2 > _F32_MAX, math.inf, w2)
+            if layer.bias is not None:
+                squares = squares + torch.where(g2 > _F32_MAX, math.inf, g2)
+            parts.append((g, a))
+        factor, finite = _clip_factors(squares, clip)
+        clean = bool(finite.all())
+        keep = finite.unsqueeze(1)
+        for layer, (g, a) in zip(ghost.layers, parts, strict=True):
+            out_grad = g if clean else torch.where(keep, g, torch.zeros_like(g))
+            layer_input = a if clean else torch.where(keep, a, torch.zeros_like(a))
+            scaled = out_grad * factor.to(g.dtype).unsqueeze(1)
+            total[layer.weight] += scaled.t() @ layer_input
+            if layer.bias is not None:
+                total[layer.bias] += scaled.sum(0)
+    return total
 
 
 def clipped_sum(
@@ -479,8 +775,20 @@ def clipped_sum(
     clip: float,
     chunk: int,
     label_smoothing: float = 0.0,
+    ghost: GhostGraph | None = None,
 ) -> Tensors:
-    """Sum of the clipped per-example gradients of a batch, `chunk` examples at a time."""
+    """Sum of the clipped per-example gradients of a batch, `chunk` examples at a time.
+
+    With `ghost` (`ghost_graph(module, params)`), by ghost norms (`ghost_clipped_sum`),
+    the same sum to float rounding; without it, or if that path declines the batch, by
+    vmap (`per_example_grads`, `clip_and_sum`).
+    """
+    if ghost is not None:
+        fast = ghost_clipped_sum(
+            ghost, params, buffers, x, y, clip, ghost_chunk(ghost, chunk), label_smoothing
+        )
+        if fast is not None:
+            return fast
     total: Tensors = {name: torch.zeros_like(p) for name, p in params.items()}
     for start in range(0, x.shape[0], chunk):
         end = start + chunk
@@ -581,14 +889,20 @@ def train(
     *,
     sample_generator: torch.Generator,
     noise_generator: torch.Generator,
+    ghost: bool = True,
 ) -> TrainResult:
-    """Run `config.steps` DP-SGD steps from `initial`; x and y on the training device."""
+    """Run `config.steps` DP-SGD steps from `initial`; x and y on the training device.
+
+    The clipped sums come from ghost norms where `ghost_graph` covers the graph (and
+    `ghost` is true), else from vmap: the same sums either way.
+    """
     n = x.shape[0]
     if n != config.n:
         raise DPRefused([f"the dataset has {n} examples; the plan was made for {config.n}"])
     params = {name: t.detach().clone().float().requires_grad_(True) for name, t in initial.items()}
     optimizer = make_optimizer(list(params.values()), config)
     average = IterateAverage(params, config.ema) if config.ema > 0 else None
+    fast = ghost_graph(module, params) if ghost else None
     start = time.perf_counter()
     empty = 0
     for step in range(config.steps):
@@ -609,6 +923,7 @@ def train(
                 config.clip,
                 config.chunk,
                 config.label_smoothing,
+                fast,
             )
         noisy_step(
             params,

@@ -2,8 +2,11 @@
 
 - sensitivity: for add/remove-one neighbours the clipped gradient SUM moves by at
   most C at every step, also for a graph whose forward mixes the batch (it
-  subtracts the batch mean); the same graph with batched gradients breaks the bound
-  (the weakened setting the property test must catch);
+  subtracts the batch mean), on both ways of computing it (vmap and ghost norms);
+  the same graph with batched gradients breaks the bound (the weakened setting the
+  property test must catch);
+- ghost clipping: the same clipped sums as vmap on the example MLP and other graphs,
+  and every graph it does not cover goes the vmap way;
 - noise: the step adds N(0, (sigma C)^2) / (q n) per coordinate;
 - refusals: BatchNorm, buffers, large constants, with reasons that say what to use;
 - re-initialisation: the provider's weights never reach training;
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -38,6 +42,8 @@ from sandbox.guest.dp_train import (
     check_program,
     clip_and_sum,
     clipped_sum,
+    ghost_clipped_sum,
+    ghost_graph,
     load_program,
     make_generator,
     noisy_step,
@@ -147,29 +153,32 @@ def batched_grads(
 # --------------------------------------------------------------------------- sensitivity
 
 
+@pytest.mark.parametrize("ghost", [False, True], ids=["vmap", "ghost"])
 @pytest.mark.parametrize(
     ("architecture", "smoothing"), [(MLP, 0.0), (BatchCoupled, 0.0), (BatchCoupled, 0.3)]
 )
 def test_clipped_sum_moves_at_most_clip_for_neighbouring_batches(
-    tmp_path: Path, architecture: type[nn.Module], smoothing: float
+    tmp_path: Path, architecture: type[nn.Module], smoothing: float, ghost: bool
 ) -> None:
     _, module = load_program(saved(export(architecture()), tmp_path / "m.pt2"))
     x, y = data(24, seed=1)
     x[5] = 40.0  # an outlier: shifts the batch mean a lot, the worst case for coupling
     clip = 0.5
     params = params_of(export(architecture()), seed=2)
+    fast = ghost_graph(module, params) if ghost else None
+    assert (fast is not None) == ghost  # both graphs are linear layers only
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     optimizer = torch.optim.SGD(list(leaves.values()), lr=0.5)
     for _ in range(4):  # at every step of a (noise-free) trajectory
         current = {k: v.detach() for k, v in leaves.items()}
-        full = clipped_sum(module, current, {}, x, y, clip, 7, smoothing)
+        full = clipped_sum(module, current, {}, x, y, clip, 7, smoothing, fast)
         for k in (0, 5, 23):  # remove one record
             keep = torch.arange(24) != k
-            neighbour = clipped_sum(module, current, {}, x[keep], y[keep], clip, 7, smoothing)
+            neighbour = clipped_sum(module, current, {}, x[keep], y[keep], clip, 7, smoothing, fast)
             assert l2(full, neighbour) <= clip * (1 + 1e-5)
         replaced = x.clone()
         replaced[5] = -40.0  # replace one record: at most 2 C
-        other = clipped_sum(module, current, {}, replaced, y, clip, 7, smoothing)
+        other = clipped_sum(module, current, {}, replaced, y, clip, 7, smoothing, fast)
         assert l2(full, other) <= 2 * clip * (1 + 1e-5)
         noisy_step(
             leaves,
@@ -219,6 +228,260 @@ def test_label_smoothing_is_each_examples_own_smoothed_loss(tmp_path: Path) -> N
         for name, want in zip(leaves, expected, strict=True):
             torch.testing.assert_close(smoothed[name][i], want, rtol=1e-5, atol=1e-6)
     assert l2({k: v[0] for k, v in smoothed.items()}, {k: v[0] for k, v in plain.items()}) > 1e-3
+
+
+# --------------------------------------------------------------------------- ghost clipping
+
+
+class Deep(nn.Module):
+    """Three linear layers, one without a bias, other activations, arithmetic on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(D, 12, bias=False)
+        self.b = nn.Linear(12, 8)
+        self.c = nn.Linear(8, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x * 2.0 - 1.0))
+        return self.c(nn.functional.gelu(self.b(h)) + h[:, :8])
+
+
+class Tied(nn.Module):
+    """One Linear applied twice: its weight has two uses, so its gradient is not one outer
+    product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(D, D)
+        self.l2 = nn.Linear(D, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.relu(self.l1(torch.relu(self.l1(x)))))
+
+
+class Scaled(nn.Module):
+    """A learned scale: a parameter used by a multiplication, not a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(D))
+        self.l1 = nn.Linear(D, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l1(x * self.scale)
+
+
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(D, 8)
+        self.norm = nn.LayerNorm(8)
+        self.l2 = nn.Linear(8, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.norm(self.l1(x)))
+
+
+class Sequence(nn.Module):
+    """A linear layer over a sequence: per example its input is [1, 2, 3], not [1, features],
+    and its weight's gradient is a sum of two outer products."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Linear(D // 2, 4)
+        self.head = nn.Linear(8, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.relu(self.token(x.reshape(x.shape[0], 2, D // 2)))
+        return self.head(tokens.flatten(1))
+
+
+class Transposed(nn.Module):
+    """The same layer as x @ W.t() + b: not aten.linear, so not covered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(K, D))
+        self.bias = nn.Parameter(torch.zeros(K))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t() + self.bias
+
+
+def random_params(program: torch.export.ExportedProgram, seed: int) -> dict[str, torch.Tensor]:
+    """Parameters with every layer away from zero, so that every gradient is non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * 0.7 for k, (s, _) in parameter_shapes(program).items()}
+
+
+def median_norm(grads: dict[str, torch.Tensor]) -> float:
+    count = next(iter(grads.values())).shape[0]
+    squares = sum(g.reshape(count, -1).double().pow(2).sum(1) for g in grads.values())
+    assert isinstance(squares, torch.Tensor)
+    norms = squares.sqrt()
+    return float(norms[torch.isfinite(norms)].median())
+
+
+def assert_same_sums(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for name, value in want.items():
+        scale = float(value.abs().max())
+        assert scale > 0, name
+        assert float((got[name] - value).abs().max()) <= 2e-5 * scale, name
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ghost_clipping_gives_the_vmap_sum_on_the_example_mlp(
+    tmp_path: Path, smoothing: float
+) -> None:
+    from bench.dp import export_example, load_example
+
+    program, module = load_program(str(export_example(tmp_path)))
+    params = random_params(program, seed=8)
+    fast = ghost_graph(module, params)
+    assert fast is not None
+    assert [(layer.inputs, layer.outputs) for layer in fast.layers] == [(64, 128), (128, 10)]
+    train, _ = load_example()
+    x, y = torch.from_numpy(train.x[:300]), torch.from_numpy(train.y[:300])
+    grads = per_example_grads(module, params, {}, x, y, 256, smoothing)
+    for clip in (median_norm(grads), 1e-3, 1e6):  # half clipped, all clipped, none
+        want = clipped_sum(module, params, {}, x, y, clip, 256, smoothing)
+        got = ghost_clipped_sum(fast, params, {}, x, y, clip, 64, smoothing)
+        assert got is not None
+        assert_same_sums(got, want)
+        assert_same_sums(clipped_sum(module, params, {}, x, y, clip, 256, smoothing, fast), want)
+
+
+@pytest.mark.parametrize("architecture", [Deep, MLP, BatchCoupled])
+def test_ghost_clipping_gives_the_vmap_sum_on_other_graphs(
+    tmp_path: Path, architecture: type[nn.Module]
+) -> None:
+    program = export(architecture())
+    _, module = load_program(saved(program, tmp_path / "m.pt2"))
+    params = random_params(program, seed=9)
+    fast = ghost_graph(module, params)
+    assert fast is not None
+    x, y = data(40, seed=10)
+    x[3] = math.nan  # non-finite gradients: dropped by both
+    x[4] = math.inf
+    x[7] = 1e30  # finite; where its float32 gradient norm overflows, dropped by both
+    x[8] = 1e4  # huge but finite: clipped
+    grads = per_example_grads(module, params, {}, x, y, 64)
+    clip = median_norm(grads)
+    for chunk in (1, 7, 64):
+        want = clipped_sum(module, params, {}, x, y, clip, chunk, 0.1)
+        got = ghost_clipped_sum(fast, params, {}, x, y, clip, chunk, 0.1)
+        assert got is not None
+        assert_same_sums(got, want)
+    nothing = {k: torch.zeros_like(v) for k, v in params.items()}
+    for row in range(10):  # each example alone: the same contribution, at most C
+        want = clipped_sum(module, params, {}, x[row : row + 1], y[row : row + 1], clip, 64)
+        got = ghost_clipped_sum(fast, params, {}, x[row : row + 1], y[row : row + 1], clip, 64)
+        assert got is not None
+        assert l2(got, want) <= 1e-5 * clip
+        assert l2(got, nothing) <= clip * (1 + 1e-6)
+        if row in (3, 4):
+            assert l2(got, nothing) == 0.0
+    empty = ghost_clipped_sum(fast, params, {}, x[:0], y[:0], clip, 64)
+    assert empty is not None and all(float(v.abs().sum()) == 0 for v in empty.values())
+
+
+@pytest.mark.parametrize("architecture", [Tied, Scaled, Normed, Sequence, Transposed])
+def test_graphs_ghost_clipping_does_not_cover_go_the_vmap_way(
+    tmp_path: Path, architecture: type[nn.Module]
+) -> None:
+    program = export(architecture())
+    assert check_program(program) == []
+    _, module = load_program(saved(program, tmp_path / "m.pt2"))
+    params = random_params(program, seed=11)
+    assert ghost_graph(module, params) is None
+    assert ghost_graph(nn.Linear(D, K), {"weight", "bias"}) is None  # not a graph at all
+    config = DPConfig(
+        n=30,
+        sample_rate=0.5,
+        expected_batch_size=15.0,
+        steps=3,
+        epochs=1,
+        lr=0.05,
+        clip=1.0,
+        noise_multiplier=1.0,
+    )
+    x, y = data(30, seed=12)
+    runs = [
+        dp_train.train(
+            module,
+            params,
+            x,
+            y,
+            config,
+            sample_generator=make_generator(CPU, 13),
+            noise_generator=make_generator(CPU, 14),
+            ghost=ghost,
+        ).params
+        for ghost in (True, False)
+    ]
+    for name in runs[0]:  # the trainer fell back: exactly the vmap run
+        torch.testing.assert_close(runs[0][name], runs[1][name], rtol=0, atol=0)
+
+
+def test_ghost_graph_refuses_parameter_names_it_does_not_match(tmp_path: Path) -> None:
+    _, module = load_program(saved(export(MLP()), tmp_path / "m.pt2"))
+    names = [name for name, _ in module.named_parameters()]
+    assert ghost_graph(module, names) is not None
+    assert ghost_graph(module, names[1:]) is None
+    assert ghost_graph(module, [*names, "extra.weight"]) is None
+
+
+def test_ghost_path_declines_a_layer_whose_input_is_not_one_row(tmp_path: Path) -> None:
+    """The shape the graph's metadata promised is checked on every call: a mismatch
+    returns None, and clipped_sum then computes the sum by vmap."""
+    program = export(MLP())
+    _, module = load_program(saved(program, tmp_path / "m.pt2"))
+    params = random_params(program, seed=15)
+    fast = ghost_graph(module, params)
+    assert fast is not None
+    wrong = dataclasses.replace(fast.layers[0], inputs=fast.layers[0].inputs + 1)
+    broken = dataclasses.replace(fast, layers=(wrong, *fast.layers[1:]))
+    x, y = data(10, seed=16)
+    assert ghost_clipped_sum(broken, params, {}, x, y, 0.5, 4) is None
+    want = clipped_sum(module, params, {}, x, y, 0.5, 4)
+    torch.testing.assert_close(clipped_sum(module, params, {}, x, y, 0.5, 4, 0.0, broken), want)
+
+
+def test_training_with_ghost_clipping_follows_the_vmap_run(tmp_path: Path) -> None:
+    program = export(Deep())
+    _, module = load_program(saved(program, tmp_path / "m.pt2"))
+    initial = params_of(program, seed=17)
+    x, y = data(40, seed=18)
+    config = DPConfig(
+        n=40,
+        sample_rate=0.5,
+        expected_batch_size=20.0,
+        steps=5,
+        epochs=1,
+        lr=0.1,
+        clip=0.5,
+        noise_multiplier=1.0,
+        optimizer="sgd",
+        momentum=0.5,
+        label_smoothing=0.1,
+    )
+    runs = [
+        dp_train.train(
+            module,
+            initial,
+            x,
+            y,
+            config,
+            sample_generator=make_generator(CPU, 19),
+            noise_generator=make_generator(CPU, 20),
+            ghost=ghost,
+        ).params
+        for ghost in (True, False)
+    ]
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], rtol=1e-4, atol=1e-5)
 
 
 @settings(max_examples=40, deadline=None)
