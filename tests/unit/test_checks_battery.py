@@ -125,9 +125,7 @@ def test_a_check_with_its_own_rate_leaves_the_family() -> None:
     models), and the family's thresholds are recalibrated without it."""
     model, x = _model(), _pixels()
     family = {r.name: r for r in run_checks(model, x, num_classes=10)}
-    alone = {
-        r.name: r for r in run_checks(model, x, num_classes=10, check_fpr={"sign_runs": 0.2})
-    }
+    alone = {r.name: r for r in run_checks(model, x, num_classes=10, check_fpr={"sign_runs": 0.2})}
     own = alone["sign_runs"]
     assert own.threshold is not None and family["sign_runs"].threshold is not None
     assert own.threshold < family["sign_runs"].threshold
