@@ -73,10 +73,10 @@ class JobContext:
             raise StepFailed(reason)
 
     @contextmanager
-    def timed(self, step: str, message: str, *, held: bool = False) -> Iterator[None]:
-        """Time a step; before the release time (unless `held`: the release itself),
-        a step that would start after the fixed release time does not start."""
-        if not held:
+    def timed(self, step: str, message: str, *, check_release: bool = True) -> Iterator[None]:
+        """Time a step. With `check_release` (every step but the first and the release
+        itself), a step that would start after the fixed release time does not start."""
+        if check_release:
             self.before_release(step)
         self.progress(step, message)
         start = time.monotonic()

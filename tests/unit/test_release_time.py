@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import opacus.accountants.utils  # noqa: F401  (the budget's lazy import, 2-3 s: not in a timed job)
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -138,11 +139,11 @@ def test_a_container_still_running_at_the_release_time_is_stopped_then(
     ctx: JobContext,
 ) -> None:
     ctx.runner = FakeRunner({"train": 60.0})
-    ctx.release_at = time.monotonic() + 1.0
+    ctx.release_at = time.monotonic() + 0.5
     began = time.monotonic()
     with pytest.raises(StepFailed, match="stopped at the policy's fixed release time of 3 s"):
         ctx.run(_spec(ctx, "train"))
-    assert time.monotonic() - began < 1.5
+    assert time.monotonic() - began < 1.0
     assert ctx.overran
 
 
@@ -154,7 +155,7 @@ def test_a_step_due_after_the_release_time_does_not_start(ctx: JobContext) -> No
     assert isinstance(ctx.runner, FakeRunner) and not ctx.runner.specs
     with pytest.raises(StepFailed), ctx.timed("gate", "host-side steps too"):
         raise AssertionError("the step ran")
-    with ctx.timed("release", "the release itself runs after the hold", held=True):
+    with ctx.timed("release", "the release itself runs after the hold", check_release=False):
         pass
 
 
@@ -202,8 +203,8 @@ def test_host_side_work_past_even_the_slack_is_said_to_leak(
 def test_a_job_that_ends_in_time_appears_at_the_release_time(ctx: JobContext) -> None:
     ctx.report.decision = "released"
     began = time.monotonic()
-    local._hold_until_release_time(ctx, started=began - 2.0)  # 1 s before release
-    assert 0.9 < time.monotonic() - began < 1.3
+    local._hold_until_release_time(ctx, started=began - 2.5)  # 0.5 s before release
+    assert 0.4 < time.monotonic() - began < 0.8
     assert ctx.report.decision == "released" and not ctx.report.reasons
 
 
