@@ -488,6 +488,12 @@ class QueuedTurns(_Turns):
                 lambda: self._next >= jobs and self._free == self._parallel, timeout
             )
 
+    def any_idle(self, jobs: int, timeout: float) -> bool:
+        """Wait until all `jobs` jobs have had their turn and one of them has given it up
+        (holding or done), at most `timeout` seconds; True if so."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._serving >= jobs and self._free > 0, timeout)
+
     def after(self, jobs: int, timeout: float = 60.0) -> None:
         """Wait until `jobs` jobs have asked for a turn (at most `timeout` seconds: a job
         that failed before asking must not hold this one up for ever)."""

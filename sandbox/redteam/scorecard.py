@@ -11,7 +11,8 @@ Each entry names a channel, what the attempt did, its outcome and the evidence:
 Budget mode "small" lowers the wall-clock limit of the endless-loop probe (to show
 the kill without waiting the policy's full limit) and the release time of the timing
 probes (two jobs whose train.py overruns a fixed release time by different amounts,
-which must have their outcomes appear at the same time) to SMALL_PROBE_DELAY; every
+which must have their outcomes appear at the same time) to SMALL_PROBE_DELAY (beside the
+attack jobs SMALL_PROBE_DELAY_BESIDE_JOBS); every
 other attempt runs under the policy's own settings; the weight attacks train for 10
 epochs instead of 30 (enough for each to carry records) and raw LSB runs in "full" only
 (sandbox/redteam/weight_channels.py says why). The membership channel
@@ -258,8 +259,13 @@ def _smuggling(box: AttackBox, policy: Policy, scratch: Path) -> list[Entry]:
 TIMING_TOLERANCE_S = 3.0
 #: The probes' release time in budget mode "small" (at most the policy's own); "full"
 #: uses the policy's. 60 s: prepare and the gVisor export of the digits MLP take 15-45 s,
-#: so train.py has started when the release time comes.
+#: so train.py has started when the release time comes (it must, or the probe shows
+#: nothing).
 SMALL_PROBE_DELAY = 60
+#: The same beside the attack jobs (the card with weights): the probes run while those
+#: compute, to end by their release time (`timing_span`), and there prepare, export and
+#: describe took over 60 s (2026-12-06, load 5-11).
+SMALL_PROBE_DELAY_BESIDE_JOBS = 150
 #: How long each probe's train.py sleeps, in multiples of the probes' release time: all
 #: past it, by different amounts, as a train.py signalling bits would.
 PROBE_SLEEPS = (2, 5)
@@ -280,12 +286,24 @@ class TimingProbe:
         return self.reason.split(":", 1)[0] if ":" in self.reason else self.reason[:60]
 
 
-def probe_delay(policy: Policy, budget: Budget) -> int | None:
-    """The release time the timing probes run under (None: the policy has none)."""
+def probe_delay(policy: Policy, budget: Budget, beside_jobs: bool = False) -> int | None:
+    """The release time the timing probes run under (None: the policy has none);
+    `beside_jobs`: they run while the attack jobs compute."""
     delay = policy.release.fixed_delay_seconds
     if delay is None or budget == "full":
         return delay
-    return min(delay, SMALL_PROBE_DELAY)
+    return min(delay, SMALL_PROBE_DELAY_BESIDE_JOBS if beside_jobs else SMALL_PROBE_DELAY)
+
+
+#: A timing job's outcome appears its release time plus the slack after it starts
+#: (that is the point); this margin is for writing the outcome and collecting it.
+TIMING_MARGIN_SECONDS = 15
+
+
+def timing_span(policy: Policy, budget: Budget, beside_jobs: bool = False) -> float:
+    """How long the timing jobs take from their start to their (fixed) outcome time."""
+    delay = probe_delay(policy, budget, beside_jobs)
+    return 0.0 if delay is None else delay + RELEASE_SLACK_SECONDS + TIMING_MARGIN_SECONDS
 
 
 def _sleeping_package(dest: Path, sleep_s: float) -> None:
@@ -319,12 +337,13 @@ def start_timing_probes(
     image: str,
     *,
     budget: Budget = "small",
+    beside_jobs: bool = False,
     say: Callable[[str], None] = lambda message: None,
 ) -> Callable[[], list[TimingProbe]] | None:
     """Under a fixed release time, start the overrun probes in the background (None
     without one); the returned call waits for them. Each is a whole job through
     `run_local` under `policy` with its release time at `probe_delay`."""
-    delay = probe_delay(policy, budget)
+    delay = probe_delay(policy, budget, beside_jobs)
     if delay is None:
         return None
     release = policy.release.model_copy(update={"fixed_delay_seconds": delay})
@@ -353,8 +372,9 @@ def _timing(policy: Policy, probes: Sequence[TimingProbe] = (), delay: int | Non
 
     Each overrun probe is stopped at the release time and its rejection appears a fixed
     slack later (sandbox/pipeline/local.py); a job that ends in time appears at the
-    release time. `neutralized` only if both probes were rejected for the release time
-    and their outcome times agree within TIMING_TOLERANCE_S.
+    release time. `neutralized` only if both probes were stopped in train (where their
+    delay runs: a probe stopped before it never tried) and rejected for the release
+    time, and their outcome times agree within TIMING_TOLERANCE_S.
     """
     attempt = "modulate how long the job runs to signal bits"
     if policy.release.fixed_delay_seconds is None:
@@ -371,7 +391,8 @@ def _timing(policy: Policy, probes: Sequence[TimingProbe] = (), delay: int | Non
     slack = RELEASE_SLACK_SECONDS
     spread = max(p.seconds for p in probes) - min(p.seconds for p in probes)
     stopped = all(p.decision == "rejected" and "fixed release time" in p.reason for p in probes)
-    fixed = stopped and spread <= TIMING_TOLERANCE_S
+    tried = all(p.step == "train" for p in probes)
+    fixed = stopped and tried and spread <= TIMING_TOLERANCE_S
     sleeps = " and ".join(f"{p.sleep_s:.0f} s" for p in probes)
     times = " and ".join(f"{p.seconds:.1f} s" for p in probes)
     decisions = ", ".join(f"{p.decision} in {p.step}" for p in probes)
@@ -386,6 +407,9 @@ def _timing(policy: Policy, probes: Sequence[TimingProbe] = (), delay: int | Non
             "two fixed times whatever the job does"
             if fixed
             else "the outcome time follows what the job did"
+            if tried
+            else "not shown: a probe was stopped before train.py's delay ran (a busy host); "
+            "rerun the card"
         )
     )
     return Entry("timing", "timing", attempt, "neutralized" if fixed else "leaked", evidence)
@@ -480,8 +504,9 @@ def run_scorecard(
     """Every attempt against `policy`. `weights` adds the weight attacks and the
     membership attack, each a whole job through the pipeline (minutes; `sandbox policy
     test` always runs them). They start first; under a fixed release time all of them
-    at once, and the isolation probes and the timing jobs (`start_timing_probes`, two
-    whole jobs under a fixed release time) run while they hold (`parallel_jobs`)."""
+    at once, and the isolation probes run while they hold (`parallel_jobs`); the timing
+    jobs (`start_timing_probes`, two whole jobs under a fixed release time, mostly
+    asleep) start early enough to end by the attack jobs' release time."""
     say = progress or (lambda message: None)
     entries: list[Entry] = []
     behind = len(weight_channels.channels_for(budget))
@@ -505,18 +530,28 @@ def run_scorecard(
     try:
         delay = policy.release.fixed_delay_seconds
         if weights and delay is not None:
-            # the probes' containers (the endless loop spins a core on purpose) and the
-            # timing jobs run while the jobs hold, not while they race their release time
+            # The timing jobs mostly sleep, but their first steps compute: they start
+            # when the first attack job holds (a core frees up), or early enough to end
+            # by the attack jobs' release time, whichever is first. After every hold
+            # they would add their whole span to the card.
+            lead = max(0.0, delay - timing_span(policy, budget, beside_jobs=True))
+            turns.any_idle(behind + 1, timeout=lead)
+            finish_timing = start_timing_probes(
+                policy, runner, image, budget=budget, beside_jobs=True, say=say
+            )
+            # the isolation probes' containers (the endless loop spins a core on purpose)
+            # run while the jobs hold, not while they race their release time
             say("isolation: waiting until the attack jobs hold their outcomes")
             turns.idle(behind + 1, timeout=delay)
-        finish_timing = start_timing_probes(policy, runner, image, budget=budget, say=say)
+        else:
+            finish_timing = start_timing_probes(policy, runner, image, budget=budget, say=say)
         entries.extend(_isolation_and_smuggling(policy, runner, image, budget, say, work_root))
         entries.extend(_conventional(policy))
         probes: list[TimingProbe] = []
         if finish_timing is not None:
             say("timing: waiting for the overrun jobs")
             probes, finish_timing = finish_timing(), None
-        entries.append(_timing(policy, probes, probe_delay(policy, budget)))
+        entries.append(_timing(policy, probes, probe_delay(policy, budget, weights)))
         if finish_weights is not None:
             say("weights: waiting for the attack jobs")
             done_weights, finish_weights = finish_weights(), None

@@ -14,6 +14,7 @@ from sandbox.pipeline.local import RELEASE_SLACK_SECONDS
 from sandbox.policy.load import load_policy
 from sandbox.redteam.scorecard import (
     SMALL_PROBE_DELAY,
+    SMALL_PROBE_DELAY_BESIDE_JOBS,
     TIMING_TOLERANCE_S,
     TimingProbe,
     _sleeping_package,
@@ -46,8 +47,9 @@ def test_overrun_outcomes_at_one_fixed_time_are_neutralized() -> None:
     strict = load_policy("strict")
     delay = probe_delay(strict, "small")
     assert delay == SMALL_PROBE_DELAY == 60
+    assert probe_delay(strict, "small", beside_jobs=True) == SMALL_PROBE_DELAY_BESIDE_JOBS
     assert probe_delay(strict, "full") == strict.release.fixed_delay_seconds == 240
-    entry = _timing(strict, [_probe(120, 90.4), _probe(300, 91.1)], delay)
+    entry = _timing(strict, [_probe(120, 90.4), _probe(300, 91.1)], 60)
     assert entry.outcome == "neutralized", entry.evidence
     for number in ("120 s and 300 s", "90.4 s and 91.1 s", "spread 0.7 s", "60 s release"):
         assert number in entry.evidence, entry.evidence
@@ -86,3 +88,14 @@ def test_a_held_jobs_evidence_gives_its_computing_time() -> None:
     """The margin to the release time, which a busier host eats into."""
     assert job_time(240.4, 165.2) == "job 240 s, 165 s of it computing before the hold"
     assert job_time(31.0) == "job 31 s"  # released at once: no hold
+
+
+def test_a_probe_stopped_before_its_delay_ran_proves_nothing() -> None:
+    """On a busy host a probe can reach its release time still in the architecture step:
+    its train.py never slept, so equal outcome times say nothing about the channel."""
+    strict = load_policy("strict")
+    early = STOPPED.replace("train:", "describe:", 1)
+    entry = _timing(strict, [_probe(120, 90.1, reason=early), _probe(300, 90.1)], 60)
+    assert entry.outcome == "leaked"
+    assert "rejected in describe" in entry.evidence
+    assert "not shown: a probe was stopped before train.py's delay ran" in entry.evidence

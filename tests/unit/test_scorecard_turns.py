@@ -11,9 +11,16 @@ from __future__ import annotations
 import threading
 import time
 
+from sandbox.pipeline.local import RELEASE_SLACK_SECONDS
 from sandbox.policy.load import load_policy
 from sandbox.redteam.membership_channel import QueuedTurns
-from sandbox.redteam.scorecard import PARALLEL, parallel_jobs
+from sandbox.redteam.scorecard import (
+    PARALLEL,
+    SMALL_PROBE_DELAY_BESIDE_JOBS,
+    TIMING_MARGIN_SECONDS,
+    parallel_jobs,
+    timing_span,
+)
 from sandbox.redteam.weight_channels import channels_for
 
 JOBS = len(channels_for("small")) + 1  # the weight jobs and the membership job
@@ -84,3 +91,27 @@ def test_idle_waits_until_every_job_has_given_its_turn_up() -> None:
     started = time.monotonic()
     assert turns.idle(2, timeout=5)
     assert 0.1 <= time.monotonic() - started < 4
+
+
+def test_strict_timing_jobs_fit_inside_the_attack_jobs_hold() -> None:
+    """The timing jobs start early enough to end by the attack jobs' release time
+    (they would otherwise add their whole span to the card); without a release time
+    there is nothing to time."""
+    strict = load_policy("strict")
+    delay = strict.release.fixed_delay_seconds
+    assert delay is not None
+    span = timing_span(strict, "small", beside_jobs=True)
+    assert span == SMALL_PROBE_DELAY_BESIDE_JOBS + RELEASE_SLACK_SECONDS + TIMING_MARGIN_SECONDS
+    assert 0 < span < delay  # start at delay - span after the attack jobs: inside the hold
+    assert timing_span(strict, "full") > delay  # the full budget's probes start at once
+    assert timing_span(load_policy("default"), "small") == 0.0
+
+
+def test_any_idle_waits_for_the_first_job_to_give_its_turn_up() -> None:
+    turns = QueuedTurns(2)
+    assert not turns.any_idle(2, timeout=0.05)  # nobody has asked yet
+    first, second = turns.job(), turns.job()
+    assert not turns.any_idle(2, timeout=0.05)  # both computing
+    first()
+    assert turns.any_idle(2, timeout=1)  # one holds: a core is free
+    second()
