@@ -239,7 +239,8 @@ class ReleaseRules(_Strict):
         ge=1,
         le=7 * 86400,
         description="release every outcome exactly this long after submission (hides timing); "
-        "a job still running then is rejected",
+        "a job still running then is stopped and rejected, its rejection published a fixed "
+        "30 s later (RELEASE_SLACK_SECONDS)",
     )
     utility_floor: float = Field(0.0, ge=0, le=1, description="minimum holdout accuracy")
     max_sanitize_drop: float = Field(
