@@ -140,15 +140,17 @@ def test_raw_lsb_is_flagged_and_encrypted_lsb_is_left_to_the_sanitizer(
 
 
 def test_regulariser_attacks_are_flagged_at_default_strength(trained: dict[str, Trained]) -> None:
+    """Judged as the pipeline judges them: digits has 10 classes, so the `classes=10`
+    thresholds (the pooled ones include breast_cancer's larger data-aware values)."""
     x = _split()[0]
-    correlated = {
-        r.name for r in run_checks(trained["correlated"].tensors, x) if r.verdict == "flag"
-    }
-    assert "data_correlation" in correlated
-    sign = {r.name for r in run_checks(trained["sign"].tensors, x) if r.verdict == "flag"}
-    assert {"sign_balance", "data_sign_agreement"} <= sign
-    honest = [r.name for r in run_checks(trained["honest"].tensors, x) if r.verdict == "flag"]
-    assert honest == []
+
+    def flagged(name: str) -> set[str]:
+        results = run_checks(trained[name].tensors, x, num_classes=10)
+        return {r.name for r in results if r.verdict == "flag"}
+
+    assert "data_correlation" in flagged("correlated")
+    assert {"sign_balance", "data_sign_agreement"} <= flagged("sign")
+    assert flagged("honest") == set()
 
 
 def test_regulariser_payloads_decode_and_survive_the_sanitizer(
