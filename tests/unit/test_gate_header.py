@@ -376,4 +376,3 @@ def test_a_tensor_named_like_the_metadata_key_is_refused(metadata: dict[str, str
     data = save({"__metadata__": np.zeros(1, np.float32)}, metadata=metadata)
     with pytest.raises(GateViolation, match="__metadata__"):
         parse(data)
-
