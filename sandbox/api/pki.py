@@ -131,7 +131,7 @@ class CertificateAuthority:
         if org_unit is not None:
             attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, org_unit))
         now = _now()
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(attrs))
             .issuer_name(self.cert.subject)
@@ -140,9 +140,11 @@ class CertificateAuthority:
             .not_valid_before(not_before or now - dt.timedelta(minutes=5))
             .not_valid_after(not_after or now + dt.timedelta(days=DEFAULT_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(self.key, hashes.SHA256())
+        )
+        if sans:  # an empty SubjectAlternativeName is invalid (cryptography >= 51 refuses it)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).sign(
+            self.key, hashes.SHA256()
         )
         return Issued(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
