@@ -23,7 +23,7 @@ Family-wise calibration. The policy's rate bounds the chance that an honest mode
 flagged by *any* enabled check. Splitting it evenly (fpr/k per check, Bonferroni)
 fails with a few hundred models: each check's threshold then sits at the corpus's
 largest value, which a fresh honest model exceeds with probability about 1/(n+1) per
-check, k/(n+1) in all (measured: 8.8% at a nominal 1%). `familywise_thresholds`
+check, k/(n+1) in all (measured: 8.8% at a nominal 1%). `familywise_calibrate`
 instead puts every enabled check at one common rank level, the least conservative at
 which the leave-one-out family-wise rate on the corpus stays within the target: a
 corpus model counts as flagged when, judged by thresholds fitted on the *other* models,
