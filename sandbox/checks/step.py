@@ -22,8 +22,9 @@ import numpy.typing as npt
 
 from sandbox.checks.battery import CHECKS, run_checks
 from sandbox.checks.calibrate import DEFAULT_FPR
+from sandbox.checks.rescale import RescaleReport, UnitChain, rescale_tensors
 from sandbox.checks.result import CheckResult
-from sandbox.checks.sanitize import SanitizeReport, sanitize_tensors
+from sandbox.checks.sanitize import KeyStream, SanitizeReport, sanitize_tensors
 from sandbox.checks.tensors import float_tensors, read_safetensors, write_safetensors
 
 
@@ -36,7 +37,9 @@ class ChecksSettings:
     write a sanitised model; sanitize_bits: low mantissa bits per dtype (None: the
     measured defaults); data_checks: run the data-aware checks;
     thresholds: explicit per-check overrides of the calibrated thresholds; check_fpr:
-    per-check false-positive rates (the check is calibrated alone and leaves the family).
+    per-check false-positive rates (the check is calibrated alone and leaves the family);
+    rescale: before sanitising, scale the hidden units of the graph's unit chains by
+    random factors (`sandbox.checks.rescale`).
     """
 
     enabled: tuple[str, ...] | None = None
@@ -46,6 +49,7 @@ class ChecksSettings:
     data_checks: bool = True
     thresholds: Mapping[str, float] = field(default_factory=dict)
     check_fpr: Mapping[str, float] = field(default_factory=dict)
+    rescale: bool = True
 
     def __post_init__(self) -> None:
         if self.enabled is not None:
@@ -65,6 +69,7 @@ class ChecksOutcome:
     results: list[CheckResult]
     sanitized: SanitizeReport | None
     seconds: dict[str, float]
+    rescaled: RescaleReport | None = None
 
     @property
     def flagged(self) -> list[CheckResult]:
@@ -74,13 +79,22 @@ class ChecksOutcome:
         """The report's `checks` list: one object per check, then the sanitizer."""
         entries = [r.to_dict() for r in self.results]
         if self.sanitized is not None:
+            explanation = (
+                "the low mantissa bits of every float weight were replaced by fresh random bits"
+            )
+            details = self.sanitized.summary()
+            if self.rescaled is not None:
+                explanation = (
+                    f"{self.rescaled.units} hidden units were scaled by secret random factors "
+                    "(the model's function is unchanged), then " + explanation
+                )
+                details["rescale"] = self.rescaled.summary()
             entries.append(
                 {
                     "name": "sanitizer",
                     "verdict": "applied",
-                    "explanation": "the low mantissa bits of every float weight were replaced "
-                    "by fresh random bits",
-                    "details": self.sanitized.summary(),
+                    "explanation": explanation,
+                    "details": details,
                 }
             )
         return entries
@@ -93,11 +107,13 @@ def check_and_sanitize(
     settings: ChecksSettings | None = None,
     *,
     num_classes: int | None = None,
+    unit_chains: Sequence[UnitChain] = (),
 ) -> ChecksOutcome:
     """Run the checks on `candidate`; write the sanitised model to `sanitized_dest`.
 
     `num_classes` (the training data's) picks the calibration group of the shipped
-    thresholds; None judges against the pooled corpus."""
+    thresholds; None judges against the pooled corpus. `unit_chains` (the declared
+    architecture's) are rescaled before the sanitizer when `settings.rescale`."""
     settings = settings or ChecksSettings()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -116,11 +132,14 @@ def check_and_sanitize(
         num_classes=num_classes,
     )
     seconds["checks"] = round(time.perf_counter() - start, 3)
-    report = None
+    report = rescaled = None
     if settings.sanitize and sanitized_dest is not None:
         start = time.perf_counter()
-        clean, counts = sanitize_tensors(raw, settings.sanitize_bits)
+        stream = KeyStream()
+        if settings.rescale:
+            raw, rescaled = rescale_tensors(raw, unit_chains, stream=stream)
+        clean, counts = sanitize_tensors(raw, settings.sanitize_bits, stream=stream)
         sha256, size = write_safetensors(sanitized_dest, clean)
         report = SanitizeReport(counts.tensors, sha256=sha256, size=size)
         seconds["sanitize"] = round(time.perf_counter() - start, 3)
-    return ChecksOutcome(results, report, seconds)
+    return ChecksOutcome(results, report, seconds, rescaled)

@@ -2,8 +2,9 @@
 
 Loads `model.pt2` with torch.export (a graph of aten ops; no provider Python),
 lists its operators, parameters and state, runs it once on zeros to check the
-output shape, and writes `arch.json`. The host validates that file strictly and
-applies the policy; this code only reports.
+output shape, finds the hidden units a random positive scale passes through
+(`unit_chains`, for the sanitizer), and writes `arch.json`. The host validates
+that file strictly and applies the policy; this code only reports.
 """
 
 import json
@@ -14,6 +15,7 @@ import torch
 
 from sandbox.guest import protocol
 from sandbox.guest.archive import load_checked
+from sandbox.guest.unit_chains import find_unit_chains
 
 
 def _ops_and_violations(program: torch.export.ExportedProgram) -> tuple[int, list[str], list[str]]:
@@ -81,6 +83,8 @@ def main() -> None:
             f"the model's output for a batch of 3 has shape {output_shape}; "
             f"expected [3, {num_classes}] (one logit per class)"
         )
+    # the hidden units the host may rescale before sanitising (only a valid graph's)
+    chains = [] if violations else find_unit_chains(program)
     arch = {
         "format": 1,
         "input_shape": list(input_shape),
@@ -90,6 +94,7 @@ def main() -> None:
         "num_parameters": parameters,
         "ops": ops,
         "mutated_buffers": mutated,
+        "unit_chains": chains,
         "violations": violations[:50],
     }
     protocol.OUTPUT.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.checks.rescale import UnitChain, chain_problems, chains_from_json
 from sandbox.errors import InvalidInput
 from sandbox.gate import TensorSpec
 from sandbox.policy.model import ArchitectureRules
@@ -36,6 +37,8 @@ class Architecture:
     num_parameters: int
     ops: tuple[str, ...]
     mutated_buffers: tuple[str, ...]
+    #: hidden units the sanitizer may rescale (checked against `tensors`)
+    unit_chains: tuple[UnitChain, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -44,6 +47,7 @@ class Architecture:
             "nodes": self.num_nodes,
             "ops": list(self.ops),
             "mutated_buffers": list(self.mutated_buffers),
+            "unit_chains": len(self.unit_chains),
         }
 
 
@@ -115,6 +119,13 @@ def parse_architecture(
         )
     if violations:
         raise ArchitectureRejected(violations)
+    try:
+        chains = chains_from_json(data.get("unit_chains"), limit=len(tensors))
+    except ValueError as error:
+        raise InvalidInput(f"arch.json: {error}") from error
+    problems = chain_problems(chains, {n: (t.dtype, t.shape) for n, t in tensors.items()})
+    if problems:
+        raise InvalidInput("arch.json: " + "; ".join(problems[:5]))
     return Architecture(
         input_shape=input_shape,
         num_classes=num_classes,
@@ -123,4 +134,5 @@ def parse_architecture(
         num_parameters=parameters,
         ops=ops,
         mutated_buffers=mutated,
+        unit_chains=chains,
     )

@@ -234,7 +234,7 @@ def _pipeline(
         with ctx.timed("gate", "validating the output at the egress gate"):
             candidates["candidate"] = steps.gate(ctx, out, arch)
         with ctx.timed("checks", "weight checks and the low-bit sanitizer"):
-            checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train)
+            checks, sanitized = steps.weight_checks(ctx, candidates["candidate"], train, arch)
         if ctx.policy.probes.enabled:
             # one query container answers the probes and, when planted, the canaries
             also = {} if canaries is None else {membership_step.QUERY: canaries.x}

@@ -209,7 +209,7 @@ def evaluate(ctx: JobContext, test: Dataset, names: list[str], step: str) -> dic
 
 
 def weight_checks(
-    ctx: JobContext, candidate: Path, train: Dataset
+    ctx: JobContext, candidate: Path, train: Dataset, arch: Architecture
 ) -> tuple[tuple[CheckOutcome, ...], Path | None]:
     """Step 4, weight side: the policy's checks on the gated candidate, then the sanitizer.
 
@@ -229,9 +229,15 @@ def weight_checks(
         if rules.sanitize_bits
         else None,
         data_checks=rules.data_checks,
+        rescale=rules.rescale_units,
     )
     outcome = check_and_sanitize(
-        candidate, sanitized, train.x, settings, num_classes=train.num_classes
+        candidate,
+        sanitized,
+        train.x,
+        settings,
+        num_classes=train.num_classes,
+        unit_chains=arch.unit_chains,
     )
     if sanitized is not None:
         os.chmod(sanitized, 0o444)

@@ -94,6 +94,13 @@ class CheckRules(_Strict):
     sanitize_bits: dict[Literal["F32", "F16", "BF16", "F64"], int] | None = Field(
         None, description="low bits per dtype (default: the measured per-dtype defaults)"
     )
+    rescale_units: bool = Field(
+        True,
+        description="before sanitising, scale each hidden unit the graph proves "
+        "rescalable (linear/conv, ReLU, linear/conv) by a secret random factor in "
+        "[1, 2): the function is kept and the mantissa bits above the sanitizer's, "
+        "where an LSB payload with k > 19 survives, are re-rounded",
+    )
 
     @model_validator(mode="after")
     def _rates_for_enabled_checks(self) -> CheckRules:

@@ -284,6 +284,10 @@ def test_digits_end_to_end_released(
     )
     verdicts = {c["name"]: c["verdict"] for c in report["checks"]}
     assert verdicts.pop("sanitizer") == "applied"
+    # the 128 hidden units of the example MLP (linear, ReLU, linear) were rescaled first
+    assert report["architecture"]["unit_chains"] == 1
+    sanitizer = next(c for c in report["checks"] if c["name"] == "sanitizer")
+    assert sanitizer["details"]["rescale"]["units_rescaled"] == 128
     data_aware = {"data_correlation", "data_sign_agreement"}
     expected = set(policy.checks.enabled) - (set() if policy.checks.data_checks else data_aware)
     assert set(verdicts) == expected

@@ -14,6 +14,7 @@ from sandbox.checks import (
     read_safetensors,
     run_checks,
 )
+from sandbox.checks.rescale import UnitChain
 from sandbox.demo import sample_dataset
 from sandbox.gate import TensorSpec, gate_output
 from sandbox.policy.model import GateRules
@@ -92,6 +93,37 @@ def test_check_and_sanitize_on_a_gated_candidate(tmp_path: Path) -> None:
     after = {r.name: r.verdict for r in run_checks(clean, x)}
     assert after["lowbit_patterned"] == "pass"
     assert set(outcome.seconds) == {"checks", "sanitize"}
+
+
+def _hidden(x: np.ndarray, tensors: dict[str, np.ndarray]) -> np.ndarray:
+    h = np.maximum(x.astype(np.float64) @ tensors["net.1.weight"].T + tensors["net.1.bias"], 0)
+    return h @ tensors["net.3.weight"].T + tensors["net.3.bias"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_the_step_rescales_declared_unit_chains_before_sanitising(
+    tmp_path: Path, rescale: bool
+) -> None:
+    model, x = _model(), _pixels() / 16.0
+    candidate = _gated(tmp_path, model)
+    sanitized = tmp_path / "sanitized.safetensors"
+    chain = UnitChain("net.1.weight", "net.1.bias", "net.3.weight", 128)
+    settings = ChecksSettings(rescale=rescale)
+    outcome = check_and_sanitize(candidate, sanitized, x, settings, unit_chains=[chain])
+    clean = {n: t.data for n, t in read_safetensors(sanitized).items()}
+    ratio = clean["net.1.bias"] / model["net.1.bias"]
+    entry = outcome.report_entries()[-1]
+    if rescale:
+        # every unit got its own factor in [1, 2) (the sanitizer's change is < 2**-4)
+        assert ratio.min() >= 0.93 and ratio.max() <= 2.13 and np.std(ratio) > 0.2
+        assert entry["details"]["rescale"]["units_rescaled"] == 128
+        assert "128 hidden units were scaled" in entry["explanation"]
+    else:
+        assert np.all(np.abs(ratio - 1) < 2**-4) and outcome.rescaled is None
+        assert "rescale" not in entry["details"]
+    # the function is the model's up to the sanitizer's noise (relative 2**-4 per weight)
+    error = np.abs(_hidden(x, clean) - _hidden(x, model)).max()
+    assert error <= 0.05 * np.abs(_hidden(x, model)).max()
 
 
 def test_settings_select_checks_and_can_skip_data_and_sanitizing(tmp_path: Path) -> None:

@@ -67,3 +67,11 @@ def test_a_check_can_have_its_own_false_positive_rate() -> None:
         parse_policy(idle)
     rules = parse_policy("name: x\nchecks:\n  check_fpr: {sign_runs: 0.05}\n").checks
     assert rules.check_fpr == {"sign_runs": 0.05}
+
+
+def test_hidden_unit_rescaling_is_on_unless_a_policy_turns_it_off() -> None:
+    assert parse_policy("name: x\n").checks.rescale_units is True
+    assert all(load_policy(name).checks.rescale_units for name in ("default", "strict", "gpu"))
+    assert parse_policy("name: x\nchecks: {rescale_units: false}\n").checks.rescale_units is False
+    with pytest.raises(InvalidInput, match="checks.rescale_units"):
+        parse_policy("name: x\nchecks: {rescale_units: maybe}\n")
