@@ -9,9 +9,11 @@ training split (host subprocess, one thread: this is our own attack code), then
 - detection: which checks flag the model at the calibrated thresholds (family-wise
   1% by default, as the pipeline calibrates them: all nine checks together flag at
   most 1% of honest models), and the rate at which any check flags it;
-- extraction: what the attacker's decoder gets out of the released weights, before
-  and after the sanitizer at its default k (bit accuracy: 0.5 is chance; records
-  recovered: MAE below 10% of the pixel range on digits, 0.25 SD on breast_cancer);
+- extraction: what the attacker's decoder gets out of the weights: as trained, after
+  the sanitizer alone at its default k, and from what the default policy releases
+  (the hidden units the describe step finds rescaled by secret factors, then
+  sanitised; bit accuracy: 0.5 is chance; records recovered: MAE below 10% of the
+  pixel range on digits, 0.25 SD on breast_cancer);
 - utility: holdout accuracy of the attack model next to the honest package's.
 
 It also reports the accuracy cost of sanitising honest models (from the corpus
@@ -59,7 +61,13 @@ def run_one(job: Job) -> Row:
     from sandbox.checks.battery import run_checks
     from sandbox.checks.sanitize import DEFAULT_BITS, sanitize_arrays
     from sandbox.redteam.attacks import ATTACKS, decode, make_package
-    from sandbox.redteam.harness import load_weights, mlp_accuracy, run_train
+    from sandbox.redteam.harness import (
+        load_weights,
+        mlp_accuracy,
+        package_unit_chains,
+        released_arrays,
+        run_train,
+    )
     from sandbox.redteam.metrics import score
 
     name, strength, seed, epochs, fpr, dataset = job
@@ -73,11 +81,14 @@ def run_one(job: Job) -> Row:
         knowledge = make_package(name, Path(tmp) / "pkg", dataset=dataset, **overrides)
         path = run_train(Path(tmp) / "pkg", data.x_train, data.y_train, Path(tmp))
         tensors = load_weights(path)
+        chains = package_unit_chains(Path(tmp) / "pkg", data.input_shape, data.num_classes)
     scale = float(knowledge.params["input_scale"])
     results = run_checks(tensors, data.x_train, fpr=fpr, num_classes=data.num_classes)
     clean = sanitize_arrays(tensors)
+    released = released_arrays(tensors, chains)
     before = score(decode(tensors, knowledge), data.x_train, knowledge)
     after = score(decode(clean, knowledge), data.x_train, knowledge)
+    final = score(decode(released, knowledge), data.x_train, knowledge)
     return {
         "dataset": dataset,
         "attack": name,
@@ -85,11 +96,14 @@ def run_one(job: Job) -> Row:
         "seed": seed,
         "accuracy": mlp_accuracy(tensors, data.x_holdout, data.y_holdout, scale),
         "sanitized_accuracy": mlp_accuracy(clean, data.x_holdout, data.y_holdout, scale),
+        "released_accuracy": mlp_accuracy(released, data.x_holdout, data.y_holdout, scale),
+        "units_rescaled": sum(c.units for c in chains),
         "flagged": [r.name for r in results if r.verdict == "flag"],
         "calibration_group": results[0].details.get("calibration_group") if results else None,
         "statistics": {r.name: r.statistic for r in results},
         "before": before.to_dict(),
         "after": after.to_dict(),
+        "released": final.to_dict(),
         "sanitize_bits": DEFAULT_BITS["F32"],
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -175,6 +189,9 @@ def summarise(rows: Sequence[Row]) -> list[Row]:
                 "mae": _mean([r["before"]["mean_abs_error"] for r in group]),
                 "bit_accuracy_sanitized": _mean([r["after"]["bit_accuracy"] for r in group]),
                 "recovered_sanitized": _mean([r["after"]["fraction_recovered"] for r in group]),
+                "released_accuracy": _mean([r["released_accuracy"] for r in group]),
+                "bit_accuracy_released": _mean([r["released"]["bit_accuracy"] for r in group]),
+                "recovered_released": _mean([r["released"]["fraction_recovered"] for r in group]),
             }
         )
     return out
@@ -207,8 +224,10 @@ def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
         "bit acc",
         "recovered",
         "MAE",
-        f"bit acc after k={sanitize_bits}",
-        "recovered after",
+        f"bit acc, sanitizer k={sanitize_bits} only",
+        "released acc",
+        "bit acc released",
+        "recovered released",
     ]
     rows = []
     for s in summary:
@@ -229,7 +248,9 @@ def attack_table(summary: Sequence[Row], sanitize_bits: int) -> str:
                 _fmt(s["recovered"], ".2f"),
                 _fmt(s.get("mae"), ".3f"),
                 _fmt(s["bit_accuracy_sanitized"]),
-                _fmt(s["recovered_sanitized"], ".2f"),
+                _fmt(s["released_accuracy"], ".4f"),
+                _fmt(s["bit_accuracy_released"]),
+                _fmt(s["recovered_released"], ".2f"),
             ]
         )
     return markdown_table(header, rows)

@@ -15,8 +15,8 @@ packages at k = 20 and 22 (README, weight checks: it does not separate k = 20).
 Then what does erase those bits, measured on the same attack packages (an MLP: linear,
 ReLU, linear): rescaling each hidden unit by a random factor c in [1, 2) (its input
 weights and bias times c, its output weights divided by c; relu(c z) = c relu(z), so the
-function is kept up to float rounding) before the sanitizer. Not built into the
-pipeline: it needs the graph's linear-ReLU-linear chains from the describe step.
+function is kept up to float rounding) before the sanitizer - what the pipeline now
+releases (`sandbox/checks/rescale.py`, with the unit chains the describe step finds).
 
     python -m bench.high_planes [--honest 90] [--attack-seeds 4] [--jobs 2]
 """
@@ -70,26 +70,18 @@ def _package_weights(name: str, dataset: str, seed: int, **params: int) -> dict[
         return load_weights(path)
 
 
-def rescale_hidden_units(
-    tensors: Mapping[str, npt.NDArray[np.floating]], rng: np.random.Generator
-) -> dict[str, npt.NDArray[np.floating]]:
-    """The attack MLP (net.1 -> ReLU -> net.3) with each hidden unit scaled by c in [1, 2)."""
-    c = 1.0 + rng.random(tensors["net.1.weight"].shape[0])
-    out = dict(tensors)
-    out["net.1.weight"] = (tensors["net.1.weight"] * c[:, None]).astype(np.float32)
-    out["net.1.bias"] = (tensors["net.1.bias"] * c).astype(np.float32)
-    out["net.3.weight"] = (tensors["net.3.weight"] / c[None, :]).astype(np.float32)
-    return out
-
-
 def rescaling_rows(seeds: int) -> list[str]:
     """Accuracy and the decoder's bit accuracy: sanitised, and rescaled then sanitised."""
-    import secrets
-
     from bench.corpus import load_data
     from sandbox.checks.sanitize import sanitize_arrays
     from sandbox.redteam.attacks import decode, make_package
-    from sandbox.redteam.harness import load_weights, mlp_accuracy, run_train
+    from sandbox.redteam.harness import (
+        load_weights,
+        mlp_accuracy,
+        package_unit_chains,
+        released_arrays,
+        run_train,
+    )
     from sandbox.redteam.metrics import score
 
     rows = []
@@ -103,12 +95,12 @@ def rescaling_rows(seeds: int) -> list[str]:
                         "lsb_encrypted", pkg, dataset=dataset, seed=seed, epochs=30, k=k
                     )
                     weights = load_weights(run_train(pkg, data.x_train, data.y_train, Path(tmp)))
-                rng = np.random.default_rng(secrets.randbits(64))
+                    chains = package_unit_chains(pkg, data.input_shape, data.num_classes)
                 scale = float(knowledge.params["input_scale"])
                 variants = {
                     "trained": weights,
                     "sanitized": sanitize_arrays(weights),
-                    "rescaled+sanitized": sanitize_arrays(rescale_hidden_units(weights, rng)),
+                    "rescaled+sanitized": released_arrays(weights, chains),
                 }
                 cells = []
                 for label, tensors in variants.items():

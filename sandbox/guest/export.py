@@ -48,6 +48,14 @@ def _load_build_model() -> Callable[..., Any]:
     return build  # type: ignore[no-any-return]
 
 
+def capture(model: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    """The model in eval mode as torch.export captures it, with a dynamic batch dim."""
+    model.eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
 def main() -> None:
     input_shape = tuple(json.loads(os.environ["SANDBOX_INPUT_SHAPE"]))
     num_classes = int(os.environ["SANDBOX_NUM_CLASSES"])
@@ -65,11 +73,8 @@ def main() -> None:
             protocol.EXIT_CONTRACT,
             f"build_model returned {type(model).__name__}, not a torch.nn.Module",
         )
-    model.eval()
-    example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = capture(model, input_shape)
     except Exception as error:
         traceback.print_exc()
         protocol.fail(

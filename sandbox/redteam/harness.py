@@ -7,15 +7,19 @@ sandbox and must never run a provider's package: that goes through the runner.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from sandbox.checks.tensors import as_float, read_safetensors
+from sandbox.checks.rescale import UnitChain, chains_from_json, rescale_tensors
+from sandbox.checks.sanitize import sanitize_arrays
+from sandbox.checks.tensors import as_float, raw_from_numpy, read_safetensors
 
 
 def run_train(
@@ -57,6 +61,38 @@ def run_train(
 def load_weights(path: Path) -> dict[str, npt.NDArray[np.floating]]:
     """A model file's float tensors as numpy arrays (what a decoder and the checks take)."""
     return {name: as_float(t) for name, t in sorted(read_safetensors(path).items()) if t.is_float}
+
+
+def package_unit_chains(
+    package: Path, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[UnitChain, ...]:
+    """The unit chains the describe step reports for a red-team package's model.
+
+    Imports OUR generated model.py in this process (never a provider's), captures it
+    as the export step does and runs the describe step's finder on the program."""
+    from sandbox.guest.export import capture
+    from sandbox.guest.unit_chains import find_unit_chains
+
+    spec = importlib.util.spec_from_file_location(
+        f"redteam_model_{id(package)}", package / "model.py"
+    )
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"{package}/model.py cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    program = capture(module.build_model(input_shape, num_classes), input_shape)
+    found = find_unit_chains(program)
+    return chains_from_json(found, limit=len(program.state_dict))
+
+
+def released_arrays(
+    tensors: Mapping[str, npt.NDArray[np.floating]], chains: Sequence[UnitChain]
+) -> dict[str, npt.NDArray[np.generic]]:
+    """What the default policy releases from `tensors`: each chain's units rescaled by
+    fresh random factors, then the low bits sanitised (as `check_and_sanitize` does)."""
+    raw = {name: raw_from_numpy(np.asarray(a)) for name, a in tensors.items()}
+    scaled, _ = rescale_tensors(raw, chains)
+    return sanitize_arrays({name: t.data for name, t in scaled.items()})
 
 
 def mlp_accuracy(

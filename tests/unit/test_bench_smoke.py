@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import pytest
 
-from bench import fixed_cost, overhead
+from bench import fixed_cost, overhead, release_cost
 from bench.overhead import Timed
 
 WORKLOADS = Path(overhead.__file__).resolve().parent / "workloads"
@@ -208,3 +208,27 @@ def test_workloads_stamp_time_as_their_first_statement(name: str) -> None:
     ]
     assert isinstance(body[0], ast.Import) and body[0].names[0].name == "time"
     assert "time.time()" in ast.unparse(body[1])
+
+
+def test_release_cost_summary_counts_gains_as_no_drop() -> None:
+    rows = [
+        {
+            "arch": "mlp",
+            "dataset": "digits",
+            "changes": {"sanitized": [-0.5, 0.0], "rescaled+sanitized": [0.5, -0.25]},
+            "coverage": 0.99,
+            "chains": 1,
+        },
+        {
+            "arch": "cnn",
+            "dataset": "digits",
+            "changes": {"sanitized": [0.0, 0.0], "rescaled+sanitized": [0.0, 0.0]},
+            "coverage": 0.0,
+            "chains": 0,
+        },
+    ]
+    text = release_cost.summary(rows)
+    assert "| all (2) | sanitized | 0.125 | -0.125 | -0.500 | 0.250 |" in text
+    assert "| all (2) | rescaled+sanitized | 0.062 | +0.062 | -0.250 | 0.500 |" in text
+    assert "| digits cnn (1) | sanitized | 0.000 |" in text
+    assert "mean 0.4950, min 0.0000; models with no chain: 1 of 2" in text
