@@ -10,6 +10,7 @@ seeds and key, and the public task schema) - never the dataset.
 | --- | --- | --- |
 | `lsb` | k low mantissa bits | raw record bytes in the low k bits of every F32 weight |
 | `lsb_encrypted` | k | the same, XORed with a SHAKE-256 stream keyed by the attacker |
+| `lsb_pilot` | pilots | encrypted records in mantissa bits 19-21 of the first layer |
 | `correlated` | lambda | first-layer weights correlated with record values (regulariser) |
 | `sign` | lambda | weight signs equal record bits (regulariser) |
 | `capacity` | n_records | labels of synthetic inputs (black-box: decoded by queries) |
@@ -21,9 +22,11 @@ byte over the public range -3..3 standard deviations, the range capacity abuse
 uses too; values beyond it are clipped, so a few outlier records cannot be
 recovered exactly by any attack).
 
-The LSB attacks are removed by the sanitizer whatever their encoding; the
-regulariser attacks live in high-order structure and are what the weight checks
-must flag.
+The LSB attacks are removed by the sanitizer whatever their encoding (for k above
+its 19 bits, with the hidden units rescaled first); the regulariser attacks live in
+high-order structure and are what the weight checks must flag. `lsb_pilot` is the
+adaptive attacker who knows the platform: its keyed pilot weights reveal each hidden
+unit's secret rescaling factor, so the bits above the sanitizer's can be read back.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import numpy.typing as npt
 from sandbox.redteam import payload
 
 PACKAGES: Final = Path(__file__).resolve().parent / "packages"
+#: The lowest mantissa bit the platform's default sanitizer keeps (public: its k is 19).
+DEFAULT_KEPT_FROM: Final = 19
 _PARAMS_LINE: Final = "PARAMS: dict = {}  # replaced by make_package"
 
 
@@ -109,6 +114,14 @@ ATTACKS: Final[dict[str, Attack]] = {
         "k",
         (4, 8, 12, 16, 19, 20, 22),
         "encrypted records in the low k mantissa bits",
+    ),
+    "lsb_pilot": Attack(
+        "lsb_pilot",
+        "lsb_pilot",
+        {"pilots": 4, "band": [19, 22], "key": "6b657931323334353637383961626364"},
+        "pilots",
+        (1, 4, 16),
+        "encrypted records in mantissa bits 19-21, pilot weights to undo unit rescaling",
     ),
     "correlated": Attack(
         "correlated",
@@ -245,6 +258,7 @@ def decode(model_tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Know
     decoders = {
         "lsb": _decode_lsb,
         "lsb_encrypted": _decode_lsb,
+        "lsb_pilot": _decode_lsb_pilot,
         "correlated": _decode_correlated,
         "sign": _decode_sign,
     }
@@ -290,6 +304,46 @@ def _decode_lsb(tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowl
     n = lsb_capacity_records(flat.size, knowledge)
     per_record = payload.bytes_per_record(knowledge.features, knowledge.params["encoding"])
     carried = payload.read_low_bits(flat.view(np.uint32), k, n * per_record * 8)
+    records, bits = _bit_records(carried, knowledge)
+    return Decoded(records, bits)
+
+
+def _kept_cell(
+    values: npt.NDArray[np.float64], kept_from: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """[lo, hi) of |values| known from their exponent and mantissa bits kept_from..22
+    (everything a sanitizer that randomises the bits below leaves certain)."""
+    magnitude = np.abs(values).astype(np.float32)
+    bits = magnitude.view(np.uint32) & ~np.uint32((1 << kept_from) - 1)
+    lo = bits.view(np.float32).astype(np.float64)
+    step = np.ldexp(1.0, np.frexp(np.maximum(lo, 1e-38))[1] - 1 - (23 - kept_from))
+    return lo, lo + step
+
+
+def _decode_lsb_pilot(
+    tensors: Mapping[str, npt.NDArray[np.generic]], knowledge: Knowledge
+) -> Decoded:
+    """Estimate each hidden unit's scale c from its pilots (the pilot's kept cell divided
+    by the pilot, intersected over pilots), divide the unit's weights by it, and read
+    bits 19-21: exact on the trained model (c = 1), and what a rescaled, sanitised
+    release still gives away."""
+    key = bytes.fromhex(knowledge.params["key"])
+    pilots, (low, high) = int(knowledge.params["pilots"]), knowledge.params["band"]
+    weight = np.asarray(tensors["net.1.weight"], dtype=np.float64)
+    rows = weight.shape[0]
+    planted = payload.pilot_values(key, rows, pilots).astype(np.float64)
+    p_lo, p_hi = _kept_cell(planted, DEFAULT_KEPT_FROM)
+    lo, hi = _kept_cell(weight[:, :pilots], DEFAULT_KEPT_FROM)
+    # c * pilot lies in [lo, hi) and the pilot in [p_lo, p_hi): c in [lo / p_hi, hi / p_lo)
+    c_lo, c_hi = (lo / p_hi).max(axis=1), (hi / p_lo).min(axis=1)
+    scale = np.where(c_lo <= c_hi, (c_lo + c_hi) / 2, 1.0)
+    scale[np.all(lo == p_lo, axis=1)] = 1.0  # pilots' kept bits untouched: not rescaled
+    body = weight[:, pilots:]
+    lo, hi = _kept_cell(body, DEFAULT_KEPT_FROM)
+    estimate = (np.sign(body) * (lo + hi) / 2 / scale[:, None]).astype(np.float32).reshape(-1)
+    per_record = payload.bytes_per_record(knowledge.features, knowledge.params["encoding"])
+    n = estimate.size * (high - low) // (8 * per_record)
+    carried = payload.read_low_bits(estimate.view(np.uint32), high - low, n * per_record * 8, low)
     records, bits = _bit_records(carried, knowledge)
     return Decoded(records, bits)
 

@@ -92,6 +92,21 @@ def xor(data: bytes, key: bytes) -> bytes:
     return (np.frombuffer(data, dtype=np.uint8) ^ stream).tobytes()
 
 
+def pilot_values(key: bytes, rows: int, count: int) -> npt.NDArray[np.float32]:
+    """`count` pilot weights per row that an adaptive attacker plants: values it can
+    recompute from its key, +-1/16 * (1 + m/16) for a keyed m in 0..15 (weight-sized),
+    with keyed noise in the low 19 mantissa bits so they look like any trained weight
+    to the low-bit checks; the decoder uses only the bits a sanitizer keeps."""
+    raw = np.frombuffer(keystream(key + b"/pilots", rows * count * 6), dtype=np.uint8)
+    fields = raw.reshape(rows, count, 6)
+    magnitude = ((1.0 + (fields[..., 0] % 16) / 16.0) / 16.0).astype(np.float32)
+    noise = fields[..., 2:5].astype(np.uint32)
+    low = (noise[..., 0] | noise[..., 1] << 8 | noise[..., 2] << 16) & np.uint32((1 << 19) - 1)
+    bits = magnitude.view(np.uint32) | low
+    sign = np.where(fields[..., 1] % 2 == 1, np.uint32(1 << 31), np.uint32(0))
+    return np.ascontiguousarray(bits | sign).view(np.float32)
+
+
 def to_bits(data: bytes) -> npt.NDArray[np.uint8]:
     return np.unpackbits(np.frombuffer(data, dtype=np.uint8))
 
@@ -111,12 +126,12 @@ def carrier_size(state: Mapping[str, npt.NDArray[np.generic]]) -> int:
 
 
 def write_low_bits(
-    words: npt.NDArray[np.uint32], bits: npt.NDArray[np.uint8], k: int
+    words: npt.NDArray[np.uint32], bits: npt.NDArray[np.uint8], k: int, shift: int = 0
 ) -> npt.NDArray[np.uint32]:
     """Copy of `words` whose first ceil(len(bits)/k) words carry `bits` in their low k bits
-    (the last word padded with zero bits)."""
-    if not 1 <= k <= 23:
-        raise ValueError(f"k must be in [1, 23], got {k}")
+    (the last word padded with zero bits); `shift` > 0 uses bits shift..shift+k-1 instead."""
+    if k < 1 or shift < 0 or k + shift > 23:
+        raise ValueError(f"bits {shift}..{shift + k - 1} are not mantissa bits of a float32")
     used = -(-len(bits) // k)
     if used > len(words):
         raise ValueError(f"{len(bits)} bits need {used} words, only {len(words)} available")
@@ -126,15 +141,17 @@ def write_low_bits(
     weights = (np.uint32(1) << np.arange(k - 1, -1, -1, dtype=np.uint32)).astype(np.uint32)
     values = (groups * weights).sum(axis=1, dtype=np.uint64).astype(np.uint32)
     out = words.copy()
-    mask = np.uint32((1 << k) - 1)
-    out[:used] = (out[:used] & ~mask) | values
+    mask = np.uint32(((1 << k) - 1) << shift)
+    out[:used] = (out[:used] & ~mask) | (values << np.uint32(shift))
     return out
 
 
-def read_low_bits(words: npt.NDArray[np.uint32], k: int, nbits: int) -> npt.NDArray[np.uint8]:
-    """The first `nbits` stream bits that `write_low_bits` put into `words`."""
+def read_low_bits(
+    words: npt.NDArray[np.uint32], k: int, nbits: int, shift: int = 0
+) -> npt.NDArray[np.uint8]:
+    """The first `nbits` stream bits that `write_low_bits` (same k, shift) put into `words`."""
     used = -(-nbits // k)
-    low = words[:used] & np.uint32((1 << k) - 1)
+    low = (words[:used] >> np.uint32(shift)) & np.uint32((1 << k) - 1)
     shifts = np.arange(k - 1, -1, -1, dtype=np.uint32)
     bits = ((low[:, None] >> shifts[None, :]) & np.uint32(1)).astype(np.uint8)
     return bits.reshape(-1)[:nbits]

@@ -47,9 +47,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +93,7 @@ class WeightChannel:
     attack: str  # sandbox.redteam.attacks.ATTACKS key
     channel: str
     attempt: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # attack parameters
 
 
 CHANNELS: Final = (
@@ -104,6 +105,21 @@ CHANNELS: Final = (
         "lsb_encrypted",
         "LSB",
         "encrypted records in the low 16 mantissa bits (looks like noise to the checks)",
+    ),
+    WeightChannel(
+        "lsb-above-sanitizer",
+        "lsb_encrypted",
+        "LSB",
+        "encrypted records in the low 22 mantissa bits: 3 bits per weight above the "
+        "sanitizer's 19 (undone by rescaling the hidden units)",
+        {"k": 22},
+    ),
+    WeightChannel(
+        "lsb-pilot",
+        "lsb_pilot",
+        "LSB",
+        "encrypted records in mantissa bits 19-21 and keyed pilot weights that reveal each "
+        "hidden unit's secret rescaling factor (an attacker who knows the platform)",
     ),
     WeightChannel(
         "correlated-value",
@@ -123,13 +139,19 @@ CHANNELS: Final = (
 )
 
 
+#: Channels only the full budget runs (see `channels_for`).
+FULL_ONLY: Final = frozenset({"lsb", "lsb-above-sanitizer", "lsb-pilot"})
+
+
 def channels_for(budget: Budget) -> tuple[WeightChannel, ...]:
-    """`full`: every channel. `small` leaves raw LSB out: it is the encrypted variant's
-    weaker twin (flagged by lowbit_patterned besides being sanitized away; pinned by
-    tests/unit/test_redteam_attacks.py), and the five jobs of the small budget already
-    use about 300 CPU-seconds of the 2-core box, most of strict's 240 s release time
-    when they run at once (README, red-team scorecard): a sixth would make them late."""
-    return CHANNELS if budget == "full" else tuple(c for c in CHANNELS if c.name != "lsb")
+    """`full`: every channel. `small` leaves the LSB variants but the encrypted one out:
+    raw LSB is its weaker twin (flagged by lowbit_patterned besides being sanitized away;
+    pinned by tests/unit/test_redteam_attacks.py), and the two above the sanitizer's bits
+    are pinned by tests/integration/test_scorecard_weights.py; the five jobs of the small
+    budget already use about 300 CPU-seconds of the 2-core box, most of strict's 240 s
+    release time when they run at once (README, red-team scorecard): more would make
+    them late."""
+    return CHANNELS if budget == "full" else tuple(c for c in CHANNELS if c.name not in FULL_ONLY)
 
 
 #: The attacks the checks flag (then DP retraining runs, where the policy has it).
@@ -141,7 +163,7 @@ CAPACITY_MIN_EPOCHS: Final = 20
 def _make(channel: WeightChannel, dest: Path, epochs: int) -> Knowledge:
     if channel.attack == "capacity":
         return make_capacity_package(dest, epochs=max(epochs, CAPACITY_MIN_EPOCHS))
-    return make_package(channel.attack, dest, epochs=epochs)
+    return make_package(channel.attack, dest, epochs=epochs, **channel.overrides)
 
 
 def _score(

@@ -79,3 +79,36 @@ def test_weight_channels_under_the_default_policy(
     jobs = {r.report.job_id for r in results.values()}
     left = [c for c in docker_client.containers.list(all=True) if c.labels.get(LABEL_JOB) in jobs]
     assert left == []
+
+
+def test_lsb_above_the_sanitizers_bits_under_the_default_policy(
+    docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    """Payload bits 19-21, which the sanitizer keeps: the stock decoder is at chance in
+    the released model because the pipeline rescaled the hidden units first (the
+    describe step found the chain in the exported graph); the adaptive attacker's
+    pilot weights undo the rescaling and still read most bits back (the known gap in
+    the README), though no record comes back whole."""
+    policy = load_policy("default")
+    wanted = {"lsb-above-sanitizer", "lsb-pilot"}
+    channels = [c for c in CHANNELS if c.name in wanted]
+    wait = start_weight_channels(
+        policy, DockerRunner(docker_client), runtime_image, channels=channels, parallel=2
+    )
+    results = {r.channel.name: r for r in wait()}
+    assert set(results) == wanted
+    for name, result in results.items():
+        control = result.control
+        assert control is not None and control.observed > 0.99, (name, result.evidence)
+        assert result.report.decision == "released_sanitized", (name, result.evidence)
+        assert {c["name"] for c in result.report.checks if c["verdict"] == "flag"} == set()
+        sanitizer = next(c for c in result.report.checks if c["name"] == "sanitizer")
+        assert sanitizer["details"]["rescale"]["units_rescaled"] == 128
+    above = results["lsb-above-sanitizer"]
+    assert above.outcome == "neutralized", above.evidence
+    assert above.extraction is not None and abs(above.extraction.observed - 0.5) <= 0.01
+    assert above.extraction.recovered == 0
+    pilot = results["lsb-pilot"]
+    assert pilot.outcome == "leaked", pilot.evidence
+    assert pilot.extraction is not None and 0.7 <= pilot.extraction.observed <= 0.9
+    assert pilot.extraction.recovered == 0

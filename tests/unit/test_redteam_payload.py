@@ -103,6 +103,29 @@ def test_packages_follow_the_contract(name: str, tmp_path: Path) -> None:
     assert knowledge.to_json().startswith("{")
 
 
+def test_a_shifted_band_round_trips_and_leaves_the_other_bits() -> None:
+    rng = np.random.default_rng(2)
+    words = rng.normal(0, 0.1, 500).astype(np.float32).view(np.uint32)
+    bits = rng.integers(0, 2, 3 * 500).astype(np.uint8)
+    carried = payload.write_low_bits(words, bits, 3, shift=19)
+    assert np.array_equal(payload.read_low_bits(carried, 3, bits.size, 19), bits)
+    band = np.uint32(0b111 << 19)
+    assert np.array_equal(carried & ~band, words & ~band)
+    with pytest.raises(ValueError, match="not mantissa bits"):
+        payload.write_low_bits(words, bits, 3, shift=21)
+
+
+def test_pilot_values_are_keyed_and_exact_in_the_kept_bits() -> None:
+    a = payload.pilot_values(b"k1", 128, 4)
+    assert a.shape == (128, 4) and a.dtype == np.float32
+    assert np.array_equal(a, payload.pilot_values(b"k1", 128, 4))
+    assert not np.array_equal(a, payload.pilot_values(b"k2", 128, 4))
+    assert np.all((np.abs(a) >= 1 / 16) & (np.abs(a) < 2 / 16))
+    low = a.view(np.uint32) & np.uint32((1 << 19) - 1)  # keyed noise, not zeros
+    assert len(np.unique(low)) > 500 and 0.45 < np.mean(low & 1) < 0.55
+    assert 0.3 < np.mean(a > 0) < 0.7
+
+
 def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown parameters"):
         make_package("lsb", tmp_path / "pkg", lam=3.0)

@@ -23,12 +23,18 @@ import numpy as np
 import pytest
 
 from sandbox.checks import run_checks, sanitize_arrays
+from sandbox.checks.rescale import UnitChain
 from sandbox.checks.sanitize import DEFAULT_BITS
 from sandbox.demo import sample_dataset
 from sandbox.pipeline.algorithm import unpack_algorithm
 from sandbox.pipeline.dataset import Dataset, split_holdout
 from sandbox.redteam.attacks import Knowledge, attack_params, decode, make_package
-from sandbox.redteam.harness import load_weights, mlp_accuracy
+from sandbox.redteam.harness import (
+    load_weights,
+    mlp_accuracy,
+    package_unit_chains,
+    released_arrays,
+)
 from sandbox.redteam.metrics import Extraction, score, tolerance
 
 DATASET = "breast_cancer"
@@ -167,11 +173,23 @@ def test_lsb_carries_q8_records_and_the_sanitizer_erases_them(
     assert abs(_accuracy(clean) - _accuracy(t.tensors)) <= 0.02
 
 
+@pytest.fixture(scope="module")
+def unit_chains(tmp_path_factory: pytest.TempPathFactory) -> tuple[UnitChain, ...]:
+    """The chains the describe step finds in the red-team MLP (every attack ships it)."""
+    package = tmp_path_factory.mktemp("chains") / "pkg"
+    make_package("honest", package, dataset=DATASET)
+    chains = package_unit_chains(package, (30,), 2)
+    assert chains == (UnitChain("net.1.weight", "net.1.bias", "net.3.weight", 128, 1),)
+    return chains
+
+
 @pytest.mark.parametrize(("k", "survives"), [(4, False), (19, False), (22, True)])
 def test_lsb_k_sweep_against_the_sanitizers_k(
-    run_package: RunPackage, k: int, survives: bool
+    run_package: RunPackage, unit_chains: tuple[UnitChain, ...], k: int, survives: bool
 ) -> None:
-    """Every k up to the sanitizer's 19 bits is erased to chance; k=22 keeps its top bits."""
+    """Every k up to the sanitizer's 19 bits is erased to chance by the sanitizer; k=22
+    keeps its top bits through the sanitizer alone, and not through what the pipeline
+    releases (hidden units rescaled first)."""
     assert DEFAULT_BITS["F32"] == 19
     t = run_package("lsb", k=k)
     assert _extract(t).bit_accuracy == 1.0
@@ -182,6 +200,28 @@ def test_lsb_k_sweep_against_the_sanitizers_k(
     else:
         assert abs(after.bit_accuracy - 0.5) <= 0.02
     assert after.fraction_recovered == 0.0
+    released = released_arrays(t.tensors, unit_chains)
+    final = _extract(t, released)
+    assert final.bit_accuracy is not None and abs(final.bit_accuracy - 0.5) <= 0.02
+    assert final.fraction_recovered == 0.0
+    assert abs(_accuracy(released) - _accuracy(t.tensors)) <= 0.02
+
+
+def test_pilot_attack_reads_the_kept_bits_back_through_rescaling(
+    run_package: RunPackage, unit_chains: tuple[UnitChain, ...]
+) -> None:
+    """The adaptive attacker (lsb_pilot: keyed pilot weights reveal each unit's secret
+    factor) is the known gap: bits 19-21 come back at about 0.8, not chance. This pins
+    the measured residual (README, weight checks); no record comes back whole."""
+    t = run_package("lsb_pilot", pilots=4)
+    exact = _extract(t)
+    assert exact.bit_accuracy == 1.0 and exact.fraction_recovered >= 0.9
+    assert _extract(t, sanitize_arrays(t.tensors)).bit_accuracy == 1.0  # sanitizer alone
+    released = released_arrays(t.tensors, unit_chains)
+    final = _extract(t, released)
+    assert final.bit_accuracy is not None and 0.7 <= final.bit_accuracy <= 0.9
+    assert final.fraction_recovered == 0.0
+    assert abs(_accuracy(released) - _accuracy(t.tensors)) <= 0.02
 
 
 def test_raw_lsb_shows_in_the_low_bits_and_encrypted_lsb_does_not(run_package: RunPackage) -> None:
