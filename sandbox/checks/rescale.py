@@ -35,7 +35,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from sandbox.checks.sanitize import KeyStream
+from sandbox.checks.sanitize import BLOCK_ELEMENTS, KeyStream
 from sandbox.checks.tensors import NUMPY_DTYPES, RawTensor
 
 #: Dtypes whose tensors are rescaled (numpy arithmetic exists for them), with their
@@ -148,6 +148,23 @@ def random_factors(n: int, stream: KeyStream) -> npt.NDArray[np.float64]:
     return 1.0 + (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def _flush_subnormals(values: npt.NDArray[np.floating], tiny: float) -> None:
+    """Set |x| < tiny to zero in place, a block at a time (no full-size temporaries)."""
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, BLOCK_ELEMENTS):
+        block = flat[start : start + BLOCK_ELEMENTS]
+        block[np.abs(block) < tiny] = 0
+
+
+def _row_peaks(values: npt.NDArray[np.floating], rows: int) -> npt.NDArray[np.float64]:
+    """max |x| of each of `rows` rows, without a full-size temporary."""
+    shaped = values.reshape(rows, -1)
+    if shaped.shape[1] == 0:
+        return np.zeros(rows)
+    peaks = np.maximum(shaped.max(axis=1), -shaped.min(axis=1))
+    return np.asarray(peaks, dtype=np.float64)
+
+
 def rescale_tensors(
     tensors: Mapping[str, RawTensor],
     chains: Sequence[UnitChain],
@@ -158,47 +175,61 @@ def rescale_tensors(
 
     The chains must have passed `chain_problems` (ValueError otherwise). Inputs are
     not modified; tensors no chain touches are passed through as they are. Each value
-    is computed in float64 and rounded once to its dtype; results that fall below the
-    dtype's smallest normal number become zero (as the gate would flush them)."""
+    is multiplied or divided in its own precision (F16 in float32, rounded once at the
+    end), in place on one copy per tensor; a chain whose scaled values would overflow
+    its dtype is skipped, and divided values that fall below the dtype's smallest
+    normal number become zero (as the gate would flush them)."""
     shapes = {name: (t.dtype, t.shape) for name, t in tensors.items()}
     problems = chain_problems(chains, shapes)
     if problems:
         raise ValueError("; ".join(problems))
     stream = stream or KeyStream()
-    wide: dict[str, npt.NDArray[np.float64]] = {}
+    work: dict[str, npt.NDArray[np.floating]] = {}
+    divided: set[str] = set()
+    touched: set[str] = set()
     skipped: list[str] = []
     units = done = 0
+
+    def working(name: str) -> npt.NDArray[np.floating]:
+        if name not in work:
+            arithmetic = np.float64 if tensors[name].dtype == "F64" else np.float32
+            work[name] = np.array(tensors[name].data, dtype=arithmetic, order="C")
+        return work[name]
+
     for chain in chains:
         dtypes = {tensors[n].dtype for n in chain.names()}
         if not dtypes <= set(RESCALED_DTYPES):
             skipped.append(f"{chain.first_weight}: {'/'.join(sorted(dtypes))} is not rescaled")
             continue
         c = random_factors(chain.units, stream)
-        scaled = {n: wide.get(n, tensors[n].data.astype(np.float64)) for n in chain.names()}
-        first = scaled[chain.first_weight]
-        scaled[chain.first_weight] = (first.reshape(chain.units, -1) * c[:, None]).reshape(
-            first.shape
-        )
-        if chain.first_bias is not None:
-            scaled[chain.first_bias] = scaled[chain.first_bias] * c
-        second = scaled[chain.second_weight]
-        per_unit = second.reshape(second.shape[0], chain.units, -1) / c[None, :, None]
-        scaled[chain.second_weight] = per_unit.reshape(second.shape)
-        limits = {n: RESCALED_DTYPES[tensors[n].dtype][0] for n in scaled}
-        if not all(np.all(np.abs(v) <= limits[n]) for n, v in scaled.items()):
+        grown = [chain.first_weight] + ([chain.first_bias] if chain.first_bias else [])
+        if any(
+            np.any(_row_peaks(working(n), chain.units) * c > RESCALED_DTYPES[tensors[n].dtype][0])
+            for n in grown
+        ):
             skipped.append(f"{chain.first_weight}: a scaled value would overflow its dtype")
             continue
-        wide.update(scaled)
+        for name in grown:
+            values = working(name)
+            rows = values.reshape(chain.units, -1)
+            np.multiply(rows, c.astype(values.dtype)[:, None], out=rows)
+        second = working(chain.second_weight)
+        columns = second.reshape(second.shape[0], chain.units, -1)
+        np.divide(columns, c.astype(second.dtype)[None, :, None], out=columns)
+        divided.add(chain.second_weight)
+        touched.update(chain.names())
         units += chain.units
         done += 1
     out = dict(tensors)
-    for name, values in wide.items():
-        dtype = NUMPY_DTYPES[tensors[name].dtype]
-        tiny = RESCALED_DTYPES[tensors[name].dtype][1]
-        rounded = np.ascontiguousarray(values.astype(dtype))
-        rounded[np.abs(rounded) < tiny] = 0
-        out[name] = RawTensor(tensors[name].dtype, rounded)
-    return out, RescaleReport(done, units, tuple(skipped), tuple(sorted(wide)))
+    for name in touched:
+        dtype = tensors[name].dtype
+        values = work[name]
+        if values.dtype != NUMPY_DTYPES[dtype]:
+            values = values.astype(NUMPY_DTYPES[dtype])
+        if name in divided:
+            _flush_subnormals(values, RESCALED_DTYPES[dtype][1])
+        out[name] = RawTensor(dtype, np.ascontiguousarray(values))
+    return out, RescaleReport(done, units, tuple(skipped), tuple(sorted(touched)))
 
 
 def chains_from_json(raw: object, limit: int) -> tuple[UnitChain, ...]:

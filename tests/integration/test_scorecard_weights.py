@@ -88,7 +88,7 @@ def test_lsb_above_the_sanitizers_bits_under_the_default_policy(
     the released model because the pipeline rescaled the hidden units first (the
     describe step found the chain in the exported graph); the adaptive attacker's
     pilot weights undo the rescaling and still read most bits back (the known gap in
-    the README), though no record comes back whole."""
+    the README), though hardly a record comes back whole."""
     policy = load_policy("default")
     wanted = {"lsb-above-sanitizer", "lsb-pilot"}
     channels = [c for c in CHANNELS if c.name in wanted]
@@ -111,4 +111,4 @@ def test_lsb_above_the_sanitizers_bits_under_the_default_policy(
     pilot = results["lsb-pilot"]
     assert pilot.outcome == "leaked", pilot.evidence
     assert pilot.extraction is not None and 0.7 <= pilot.extraction.observed <= 0.9
-    assert pilot.extraction.recovered == 0
+    assert pilot.extraction.recovered <= 2  # of about 45 (measured: 0)

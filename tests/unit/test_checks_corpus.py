@@ -58,15 +58,18 @@ def test_attack_summary_and_table() -> None:
             "mean_abs_error": 0.0,
         }
         after = {"bit_accuracy": 0.5, "fraction_recovered": 0.0, "mean_abs_error": 10.0}
+        released = {"bit_accuracy": 0.51, "fraction_recovered": 0.0, "mean_abs_error": 10.0}
         return {
             "dataset": dataset,
             "attack": name,
             "strength": strength,
             "accuracy": acc,
             "sanitized_accuracy": acc,
+            "released_accuracy": acc,
             "flagged": flagged,
             "before": extraction,
             "after": after,
+            "released": released,
         }
 
     rows = [
@@ -80,17 +83,20 @@ def test_attack_summary_and_table() -> None:
     lsb = summary[("digits", "lsb", 16.0)]
     assert lsb["detection_rate"] == 0.5 and lsb["flagged_by"] == {"lowbit_patterned": 0.5}
     assert lsb["honest_accuracy"] == 0.95 and lsb["accuracy"] == 0.95
+    assert lsb["bit_accuracy_sanitized"] == 0.5 and lsb["bit_accuracy_released"] == 0.51
     tabular = summary[("breast_cancer", "lsb", 16.0)]  # its own honest baseline
     assert tabular["detection_rate"] == 0.0 and tabular["honest_accuracy"] == 0.99
     table = attacks.attack_table(list(summary.values()), 19).splitlines()
-    assert table[0].startswith("| attack | dataset") and "after k=19" in table[0]
+    assert table[0].startswith("| attack | dataset") and "sanitizer k=19 only" in table[0]
+    assert "bit acc released" in table[0] and "| 0.510 " in table[2]
     assert len({len(line) for line in table}) == 1 and len(table) == 2 + 4
     jobs = attacks.jobs_for(2, 5, 0.01, defaults_only=True)
-    assert {j[0] for j in jobs} == {"honest", "lsb", "lsb_encrypted", "correlated", "sign"}
-    assert all(j[3] == 5 for j in jobs) and len(jobs) == 20
+    attacks_run = {"honest", "lsb", "lsb_encrypted", "lsb_pilot", "correlated", "sign"}
+    assert {j[0] for j in jobs} == attacks_run
+    assert all(j[3] == 5 for j in jobs) and len(jobs) == 24
     assert {j[5] for j in jobs} == {"digits", "breast_cancer"}
     only = attacks.jobs_for(1, 5, 0.01, defaults_only=True, datasets=("breast_cancer",))
-    assert len(only) == 5 and {j[5] for j in only} == {"breast_cancer"}
+    assert len(only) == 6 and {j[5] for j in only} == {"breast_cancer"}
     some = attacks.jobs_for(20, 5, 0.01, defaults_only=True, attacks=["honest", "sign"])
     assert len(some) == 80 and {j[0] for j in some} == {"honest", "sign"}
     with pytest.raises(ValueError, match="capacity"):

@@ -199,7 +199,8 @@ def test_turns_let_a_holding_job_make_room_once() -> None:
     thread.join()
 
 
-def test_small_budget_leaves_raw_lsb_to_full() -> None:
+def test_small_budget_leaves_raw_lsb_and_the_high_bit_variants_to_full() -> None:
     assert [c.name for c in channels_for("full")] == [c.name for c in CHANNELS]
-    assert "lsb" not in {c.name for c in channels_for("small")}
-    assert len(channels_for("small")) == len(CHANNELS) - 1
+    small = {c.name for c in channels_for("small")}
+    assert small == {c.name for c in CHANNELS} - {"lsb", "lsb-above-sanitizer", "lsb-pilot"}
+    assert {"lsb-encrypted", "sign-encoding", "capacity-abuse"} <= small
