@@ -2,6 +2,9 @@
 
 - `sanitize_file` / `sanitize_tensors`: fresh CSPRNG bits in the low mantissa bits
   of every float weight (removes LSB payloads whatever their encoding);
+- `rescale_tensors`: before that, every hidden unit the graph proves rescalable
+  (`UnitChain`) scaled by a secret factor, keeping the function and re-rounding the
+  mantissa bits the sanitizer keeps;
 - `run_checks` / `CHECKS`: bit-plane, serial, sign, value-distribution and
   data-aware tests, each a pure function returning a `CheckResult`;
 - `shipped_familywise`: the thresholds of a set of checks calibrated together, so
@@ -20,6 +23,7 @@ from sandbox.checks.calibrate import (
     shipped_familywise,
     shipped_thresholds,
 )
+from sandbox.checks.rescale import RescaleReport, UnitChain, rescale_tensors
 from sandbox.checks.result import CheckResult, judge
 from sandbox.checks.sanitize import (
     DEFAULT_BITS,
@@ -44,14 +48,17 @@ __all__ = [
     "FamilyCalibration",
     "KeyStream",
     "RawTensor",
+    "RescaleReport",
     "SanitizeReport",
     "TensorSanitized",
+    "UnitChain",
     "calibrate",
     "check_and_sanitize",
     "float_tensors",
     "judge",
     "load_calibration",
     "read_safetensors",
+    "rescale_tensors",
     "run_checks",
     "sanitize_arrays",
     "sanitize_file",

@@ -177,7 +177,7 @@ def rescale_tensors(
     not modified; tensors no chain touches are passed through as they are. Each value
     is multiplied or divided in its own precision (F16 in float32, rounded once at the
     end), in place on one copy per tensor; a chain whose scaled values would overflow
-    its dtype is skipped, and divided values that fall below the dtype's smallest
+    its dtype is skipped, and values of rescaled tensors below the dtype's smallest
     normal number become zero (as the gate would flush them)."""
     shapes = {name: (t.dtype, t.shape) for name, t in tensors.items()}
     problems = chain_problems(chains, shapes)
@@ -185,7 +185,6 @@ def rescale_tensors(
         raise ValueError("; ".join(problems))
     stream = stream or KeyStream()
     work: dict[str, npt.NDArray[np.floating]] = {}
-    divided: set[str] = set()
     touched: set[str] = set()
     skipped: list[str] = []
     units = done = 0
@@ -216,7 +215,6 @@ def rescale_tensors(
         second = working(chain.second_weight)
         columns = second.reshape(second.shape[0], chain.units, -1)
         np.divide(columns, c.astype(second.dtype)[None, :, None], out=columns)
-        divided.add(chain.second_weight)
         touched.update(chain.names())
         units += chain.units
         done += 1
@@ -226,8 +224,7 @@ def rescale_tensors(
         values = work[name]
         if values.dtype != NUMPY_DTYPES[dtype]:
             values = values.astype(NUMPY_DTYPES[dtype])
-        if name in divided:
-            _flush_subnormals(values, RESCALED_DTYPES[dtype][1])
+        _flush_subnormals(values, RESCALED_DTYPES[dtype][1])
         out[name] = RawTensor(dtype, np.ascontiguousarray(values))
     return out, RescaleReport(done, units, tuple(skipped), tuple(sorted(touched)))
 

@@ -253,10 +253,14 @@ def test_factors_are_in_range_fresh_and_secret() -> None:
 
 
 def test_rescaled_values_keep_their_dtype_and_never_subnormal() -> None:
-    w1 = np.array([[1e-38, 3.0], [0.0, -2.0]], dtype=np.float32)  # 1e-38 / c can go subnormal
-    w2 = np.array([[1e-38, 1e-38]], dtype=np.float32)
+    # 1.2e-38 / c is subnormal for c > 1.021 (this key's factors: 1.537, 1.528); 1e-38 is
+    # subnormal already (the gate never passes one, but the rescaler does not rely on it)
+    w1 = np.array([[1e-38, 3.0], [0.0, -2.0]], dtype=np.float32)
+    w2 = np.array([[1.2e-38, -1.2e-38]], dtype=np.float32)
     state = {"a": raw_from_numpy(w1), "b": raw_from_numpy(w2)}
-    scaled, _ = rescale_tensors(state, [UnitChain("a", None, "b", 2)])
+    chains = [UnitChain("a", None, "b", 2)]
+    scaled, _ = rescale_tensors(state, chains, stream=KeyStream(bytes(32)))
+    assert np.all(scaled["b"].data == 0)  # flushed, not left subnormal
     for t in scaled.values():
         assert t.dtype == "F32"
         values = t.data.astype(np.float64)
