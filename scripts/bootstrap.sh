@@ -77,8 +77,9 @@ if [ "$changed" = "changed" ] || ! engine_up --runtime runsc; then
   engine_up --runtime runsc || die "dockerd does not list the runsc runtime after a reload; restart it"
 fi
 
-# 4. The virtualenv (reinstalled only when pyproject.toml changes).
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# 4. The virtualenv (reinstalled only when pyproject.toml or constraints.txt changes;
+# constraints.txt pins every package to the versions the project was tested with).
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ ! -x .venv/bin/python ]; then
   log "installing the project into the virtualenv (.venv)"
   if [ ! -x .venv/bin/python ]; then
@@ -89,7 +90,7 @@ if [ ! -f "$stamp" ] || [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
