@@ -152,13 +152,20 @@ class SanitizeReport:
         return sum(t.bits_changed for t in self.tensors.values())
 
     def summary(self) -> dict[str, object]:
-        """A JSON-ready summary for report.json."""
+        """A JSON-ready summary for report.json: `bits` per dtype is the fewest any
+        tensor got; `bits_by_tensor` lists the tensors that got more, if any."""
         per_dtype: dict[str, int] = {}
         for t in self.tensors.values():
             if t.bits:
-                per_dtype[t.dtype] = t.bits
+                per_dtype[t.dtype] = min(t.bits, per_dtype.get(t.dtype, t.bits))
+        more = {
+            name: t.bits
+            for name, t in sorted(self.tensors.items())
+            if t.bits and t.bits > per_dtype[t.dtype]
+        }
         return {
             "bits": per_dtype,
+            **({"bits_by_tensor": more} if more else {}),
             "tensors": len(self.tensors),
             "values_randomised": self.randomised,
             "values_skipped": sum(t.skipped for t in self.tensors.values()),
@@ -225,15 +232,20 @@ def sanitize_tensors(
     bits: int | Mapping[str, int] | None = None,
     *,
     stream: KeyStream | None = None,
+    per_tensor: Mapping[str, int | Mapping[str, int] | None] | None = None,
 ) -> tuple[dict[str, RawTensor], SanitizeReport]:
-    """Sanitised copies of `tensors` (inputs are not modified) and what changed."""
+    """Sanitised copies of `tensors` (inputs are not modified) and what changed.
+
+    `per_tensor` gives some tensors other bits than `bits` (same forms, `resolve_bits`)."""
     per_dtype = resolve_bits(bits)
+    overrides = {name: resolve_bits(b) for name, b in (per_tensor or {}).items()}
     stream = stream or KeyStream()
     out: dict[str, RawTensor] = {}
     counts: dict[str, TensorSanitized] = {}
     for name in sorted(tensors):
         tensor = tensors[name]
-        k = per_dtype.get(tensor.dtype, 0) if tensor.is_float else 0
+        table = overrides.get(name, per_dtype)
+        k = table.get(tensor.dtype, 0) if tensor.is_float else 0
         data = tensor.data.copy()
         fresh = RawTensor(tensor.dtype, data)
         if k:

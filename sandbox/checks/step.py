@@ -39,7 +39,8 @@ class ChecksSettings:
     thresholds: explicit per-check overrides of the calibrated thresholds; check_fpr:
     per-check false-positive rates (the check is calibrated alone and leaves the family);
     rescale: before sanitising, scale the hidden units of the graph's unit chains by
-    random factors (`sandbox.checks.rescale`).
+    random factors (`sandbox.checks.rescale`); unrescaled_bits: low bits for the float
+    tensors rescaling did not change (None: `sanitize_bits` for them too).
     """
 
     enabled: tuple[str, ...] | None = None
@@ -50,6 +51,7 @@ class ChecksSettings:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     check_fpr: Mapping[str, float] = field(default_factory=dict)
     rescale: bool = True
+    unrescaled_bits: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.enabled is not None:
@@ -138,7 +140,13 @@ def check_and_sanitize(
         stream = KeyStream()
         if settings.rescale:
             raw, rescaled = rescale_tensors(raw, unit_chains, stream=stream)
-        clean, counts = sanitize_tensors(raw, settings.sanitize_bits, stream=stream)
+        changed = set(rescaled.tensors) if rescaled is not None else set()
+        coarser: dict[str, int | Mapping[str, int] | None] = {}
+        if settings.unrescaled_bits is not None:
+            coarser = {n: settings.unrescaled_bits for n in raw if n not in changed}
+        clean, counts = sanitize_tensors(
+            raw, settings.sanitize_bits, stream=stream, per_tensor=coarser
+        )
         sha256, size = write_safetensors(sanitized_dest, clean)
         report = SanitizeReport(counts.tensors, sha256=sha256, size=size)
         seconds["sanitize"] = round(time.perf_counter() - start, 3)

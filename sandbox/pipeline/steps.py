@@ -230,6 +230,9 @@ def weight_checks(
         else None,
         data_checks=rules.data_checks,
         rescale=rules.rescale_units,
+        unrescaled_bits={str(k): v for k, v in rules.sanitize_bits_unrescaled.items()}
+        if rules.sanitize_bits_unrescaled
+        else None,
     )
     outcome = check_and_sanitize(
         candidate,

@@ -60,6 +60,10 @@ class Quotas(_Strict):
     jobs_per_dataset_per_day: int = Field(50, ge=0, le=100000)
 
 
+#: Explicit mantissa bits per float dtype (the same as sandbox.checks.tensors.MANTISSA_BITS;
+#: a test keeps them equal, the policy model depends on nothing of the checks).
+MANTISSA_BITS: typing.Final = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7}
+
 CheckName = Literal[
     "lowbit_patterned",
     "lowbit_uniform",
@@ -94,6 +98,13 @@ class CheckRules(_Strict):
     sanitize_bits: dict[Literal["F32", "F16", "BF16", "F64"], int] | None = Field(
         None, description="low bits per dtype (default: the measured per-dtype defaults)"
     )
+    sanitize_bits_unrescaled: dict[Literal["F32", "F16", "BF16", "F64"], int] | None = Field(
+        None,
+        description="low bits per dtype for the float tensors that hidden-unit rescaling "
+        "did not change (no unit chain covers them, or rescale_units is off); None: the "
+        "same bits as every other tensor. {F32: 22} closes LSB payloads with k = 20-22 "
+        "in architectures the rescaler cannot prove (the README measures its cost)",
+    )
     rescale_units: bool = Field(
         True,
         description="before sanitising, scale each hidden unit the graph proves "
@@ -101,6 +112,17 @@ class CheckRules(_Strict):
         "[1, 2): the function is kept and the mantissa bits above the sanitizer's, "
         "where an LSB payload with k > 19 survives, are re-rounded",
     )
+
+    @model_validator(mode="after")
+    def _bits_within_the_mantissa(self) -> CheckRules:
+        for field_name in ("sanitize_bits", "sanitize_bits_unrescaled"):
+            for dtype, bits in (getattr(self, field_name) or {}).items():
+                if not 0 <= bits <= MANTISSA_BITS[dtype]:
+                    raise ValueError(
+                        f"checks.{field_name}.{dtype}: {bits} bits; a {dtype} mantissa has "
+                        f"{MANTISSA_BITS[dtype]}, so use 0-{MANTISSA_BITS[dtype]}"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _rates_for_enabled_checks(self) -> CheckRules:

@@ -288,6 +288,10 @@ def test_digits_end_to_end_released(
     assert report["architecture"]["unit_chains"] == 1
     sanitizer = next(c for c in report["checks"] if c["name"] == "sanitizer")
     assert sanitizer["details"]["rescale"]["units_rescaled"] == 128
+    # strict sanitises what rescaling did not reach (the last bias) with 22 bits
+    coarser = {"net.3.bias": 22} if policy.checks.sanitize_bits_unrescaled else None
+    assert sanitizer["details"].get("bits_by_tensor") == coarser
+    assert sanitizer["details"]["bits"] == {"F32": 19}
     data_aware = {"data_correlation", "data_sign_agreement"}
     expected = set(policy.checks.enabled) - (set() if policy.checks.data_checks else data_aware)
     assert set(verdicts) == expected

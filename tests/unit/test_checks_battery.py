@@ -126,6 +126,34 @@ def test_the_step_rescales_declared_unit_chains_before_sanitising(
     assert error <= 0.05 * np.abs(_hidden(x, model)).max()
 
 
+@pytest.mark.parametrize("covered", [True, False])
+def test_tensors_rescaling_did_not_change_get_the_unrescaled_bits(
+    tmp_path: Path, covered: bool
+) -> None:
+    """`unrescaled_bits` reaches exactly the tensors no applied chain changed: the last
+    bias when the MLP's chain is known, every tensor when there is none."""
+    candidate = _gated(tmp_path, _model())
+    sanitized = tmp_path / "sanitized.safetensors"
+    chains = [UnitChain("net.1.weight", "net.1.bias", "net.3.weight", 128)] if covered else []
+    settings = ChecksSettings(unrescaled_bits={"F32": 22})
+    outcome = check_and_sanitize(candidate, sanitized, _pixels(), settings, unit_chains=chains)
+    assert outcome.sanitized is not None
+    bits = {name: t.bits for name, t in outcome.sanitized.tensors.items()}
+    if covered:
+        assert bits == {"net.1.weight": 19, "net.1.bias": 19, "net.3.weight": 19, "net.3.bias": 22}
+    else:
+        assert set(bits.values()) == {22}
+    summary = outcome.report_entries()[-1]["details"]
+    assert summary["bits"] == {"F32": 19 if covered else 22}
+    assert summary.get("bits_by_tensor") == ({"net.3.bias": 22} if covered else None)
+    # the last bias keeps sign, exponent and its top mantissa bit; bits 19-21, which 19
+    # randomised bits would keep, are fresh (30 random bits: all equal by chance 2**-30)
+    before = _model()["net.3.bias"].view(np.uint32)
+    after = read_safetensors(sanitized)["net.3.bias"].data.view(np.uint32)
+    assert np.array_equal(before >> 22, after >> 22)
+    assert not np.array_equal((before >> 19) & 7, (after >> 19) & 7)
+
+
 def test_settings_select_checks_and_can_skip_data_and_sanitizing(tmp_path: Path) -> None:
     candidate = _gated(tmp_path, _model())
     settings = ChecksSettings(enabled=("sign_balance", "data_correlation"), data_checks=False)

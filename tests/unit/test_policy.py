@@ -75,3 +75,17 @@ def test_hidden_unit_rescaling_is_on_unless_a_policy_turns_it_off() -> None:
     assert parse_policy("name: x\nchecks: {rescale_units: false}\n").checks.rescale_units is False
     with pytest.raises(InvalidInput, match="checks.rescale_units"):
         parse_policy("name: x\nchecks: {rescale_units: maybe}\n")
+
+
+def test_sanitize_bits_stay_within_each_mantissa() -> None:
+    from sandbox.checks.tensors import MANTISSA_BITS as CHECKS_MANTISSA
+    from sandbox.policy.model import MANTISSA_BITS
+
+    assert dict(CHECKS_MANTISSA) == MANTISSA_BITS
+    rules = parse_policy("name: x\nchecks: {sanitize_bits_unrescaled: {F32: 22}}\n").checks
+    assert rules.sanitize_bits_unrescaled == {"F32": 22}
+    assert parse_policy("name: x\n").checks.sanitize_bits_unrescaled is None
+    with pytest.raises(InvalidInput, match="sanitize_bits_unrescaled.F32: 24 bits"):
+        parse_policy("name: x\nchecks: {sanitize_bits_unrescaled: {F32: 24}}\n")
+    with pytest.raises(InvalidInput, match="sanitize_bits.F16: 11 bits; a F16 mantissa has 10"):
+        parse_policy("name: x\nchecks: {sanitize_bits: {F16: 11}}\n")
