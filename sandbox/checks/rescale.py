@@ -202,8 +202,15 @@ def rescale_tensors(
             continue
         c = random_factors(chain.units, stream)
         grown = [chain.first_weight] + ([chain.first_bias] if chain.first_bias else [])
+        # the factor as each tensor's arithmetic rounds it, with a margin for the product's
+        # own rounding: a value that could round up to infinity skips the chain
         if any(
-            np.any(_row_peaks(working(n), chain.units) * c > RESCALED_DTYPES[tensors[n].dtype][0])
+            np.any(
+                _row_peaks(working(n), chain.units)
+                * c.astype(working(n).dtype).astype(np.float64)
+                * (1 + 2.0**-20)
+                > RESCALED_DTYPES[tensors[n].dtype][0]
+            )
             for n in grown
         ):
             skipped.append(f"{chain.first_weight}: a scaled value would overflow its dtype")

@@ -284,6 +284,19 @@ def test_bf16_and_overflowing_chains_are_left_as_they_are() -> None:
     assert all(scaled[n] is state[n] for n in state)
 
 
+def test_a_weight_near_the_float32_maximum_skips_its_chain_and_never_becomes_inf() -> None:
+    """A provider cannot make the release carry infinities: c * 3e38 could overflow."""
+    near = np.full((4, 4), 0.5, dtype=np.float32)
+    near[2, 1] = np.float32(3e38)
+    state = {"a": raw_from_numpy(near), "b": raw_from_numpy(np.ones((2, 4), np.float32))}
+    for _ in range(20):  # fresh factors each time: c > 1.134 overflows, most draws
+        scaled, report = rescale_tensors(state, [UnitChain("a", None, "b", 4)])
+        assert all(np.isfinite(t.data).all() for t in scaled.values())
+        assert report.units in (0, 4)
+        if report.units == 0:
+            assert "overflow" in report.skipped[0] and scaled["a"] is state["a"]
+
+
 # --------------------------------------------------------------------------- validation
 
 SHAPES = {
