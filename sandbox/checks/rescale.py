@@ -29,14 +29,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from sandbox.checks.sanitize import BLOCK_ELEMENTS, KeyStream
-from sandbox.checks.tensors import NUMPY_DTYPES, RawTensor
+from sandbox.checks.tensors import MANTISSA_BITS, NUMPY_DTYPES, RawTensor
 
 #: Dtypes whose tensors are rescaled (numpy arithmetic exists for them), with their
 #: largest finite and smallest normal magnitudes.
@@ -44,7 +44,6 @@ RESCALED_DTYPES: Final[Mapping[str, tuple[float, float]]] = {
     name: (float(np.finfo(t).max), float(np.finfo(t).tiny))
     for name, t in (("F64", np.float64), ("F32", np.float32), ("F16", np.float16))
 }
-_FLOAT_DTYPES: Final = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 @dataclass(frozen=True)
@@ -65,15 +64,6 @@ class UnitChain:
     def names(self) -> tuple[str, ...]:
         bias = () if self.first_bias is None else (self.first_bias,)
         return (self.first_weight, *bias, self.second_weight)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "first_weight": self.first_weight,
-            "first_bias": self.first_bias,
-            "second_weight": self.second_weight,
-            "units": self.units,
-            "block": self.block,
-        }
 
 
 def chain_problems(
@@ -97,7 +87,7 @@ def chain_problems(
         if missing:
             problems.append(f"{where}: no tensor named {', '.join(missing)}")
             continue
-        if any(shapes[n][0] not in _FLOAT_DTYPES for n in chain.names()):
+        if any(shapes[n][0] not in MANTISSA_BITS for n in chain.names()):
             problems.append(f"{where}: every tensor of a chain must be floating-point")
             continue
         first, second = shapes[chain.first_weight][1], shapes[chain.second_weight][1]
@@ -237,19 +227,15 @@ def rescale_tensors(
 
 
 def chains_from_json(raw: object, limit: int) -> tuple[UnitChain, ...]:
-    """Chains from their JSON form (`UnitChain.to_dict`), strictly; ValueError names the
-    first thing wrong."""
+    """Chains from their JSON form (an object per chain with exactly `UnitChain`'s
+    fields, as the describe step writes them), strictly; ValueError names the first
+    thing wrong."""
     if not isinstance(raw, list) or len(raw) > limit:
         raise ValueError(f"unit_chains is not a list of at most {limit} chains")
+    names_of_fields = {f.name for f in fields(UnitChain)}
     chains = []
     for i, entry in enumerate(raw):
-        if not isinstance(entry, dict) or set(entry) != {
-            "first_weight",
-            "first_bias",
-            "second_weight",
-            "units",
-            "block",
-        }:
+        if not isinstance(entry, dict) or set(entry) != names_of_fields:
             raise ValueError(f"unit chain {i} does not have exactly the five chain fields")
         names = [entry["first_weight"], entry["second_weight"]]
         bias = entry["first_bias"]

@@ -125,7 +125,8 @@ class _Finder:
 
 
 def find_unit_chains(program: torch.export.ExportedProgram) -> list[dict[str, object]]:
-    """Every chain of `program`, as `UnitChain.to_dict` writes them, in graph order."""
+    """Every chain of `program` in graph order, each an object with the fields of
+    `sandbox.checks.rescale.UnitChain` (which the host parses with `chains_from_json`)."""
     finder = _Finder(program)
     chains = []
     for node in program.graph_module.graph.nodes:

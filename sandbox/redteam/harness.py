@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,9 @@ import numpy.typing as npt
 from sandbox.checks.rescale import UnitChain, chains_from_json, rescale_tensors
 from sandbox.checks.sanitize import sanitize_arrays
 from sandbox.checks.tensors import as_float, raw_from_numpy, read_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 
 def run_train(
@@ -63,16 +67,25 @@ def load_weights(path: Path) -> dict[str, npt.NDArray[np.floating]]:
     return {name: as_float(t) for name, t in sorted(read_safetensors(path).items()) if t.is_float}
 
 
+def module_unit_chains(
+    module: torch.nn.Module, input_shape: tuple[int, ...]
+) -> tuple[UnitChain, ...]:
+    """The unit chains the describe step reports for `module` (OUR model, never a
+    provider's): captured as the export step does, found by the describe step's finder,
+    parsed as the host parses arch.json."""
+    from sandbox.guest.export import capture
+    from sandbox.guest.unit_chains import find_unit_chains
+
+    program = capture(module, input_shape)
+    return chains_from_json(find_unit_chains(program), limit=len(program.state_dict))
+
+
 def package_unit_chains(
     package: Path, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[UnitChain, ...]:
     """The unit chains the describe step reports for a red-team package's model.
 
-    Imports OUR generated model.py in this process (never a provider's), captures it
-    as the export step does and runs the describe step's finder on the program."""
-    from sandbox.guest.export import capture
-    from sandbox.guest.unit_chains import find_unit_chains
-
+    Imports OUR generated model.py in this process (never a provider's)."""
     spec = importlib.util.spec_from_file_location(
         f"redteam_model_{id(package)}", package / "model.py"
     )
@@ -80,9 +93,7 @@ def package_unit_chains(
         raise RuntimeError(f"{package}/model.py cannot be imported")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    program = capture(module.build_model(input_shape, num_classes), input_shape)
-    found = find_unit_chains(program)
-    return chains_from_json(found, limit=len(program.state_dict))
+    return module_unit_chains(module.build_model(input_shape, num_classes), input_shape)
 
 
 def released_arrays(
